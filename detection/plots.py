@@ -1,0 +1,98 @@
+"""The three pictures saved with every model version."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # workers and servers have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from detection.engine import LOSS_NAMES  # noqa: E402
+
+VALIDATION_CURVES = {"mAP50": "mAP@50", "mAP75": "mAP@75", "mAP": "mAP@[.5:.95]", "auroc": "image AUROC"}
+
+
+def plot_losses(iterations: Sequence[dict[str, float]], path: Path) -> Path:
+    """One panel per loss: every iteration faintly, a moving average on top."""
+    figure, axes = plt.subplots(1, len(LOSS_NAMES), figsize=(4 * len(LOSS_NAMES), 3.2))
+    steps = np.arange(1, len(iterations) + 1)
+    window = max(1, len(iterations) // 25)
+    for axis, (key, title) in zip(axes, LOSS_NAMES.items(), strict=True):
+        values = np.array([row[key] for row in iterations])
+        axis.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
+        if len(values) >= window:
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            axis.plot(steps[window - 1 :], smooth, color="tab:blue", linewidth=1.8)
+        axis.set_title(title)
+        axis.set_xlabel("iteration")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("loss")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_validation(epochs: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Validation metrics after each epoch."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    numbers = [row["epoch"] for row in epochs]
+    for key, label in VALIDATION_CURVES.items():
+        values = [row.get(key) for row in epochs]
+        if any(value is not None for value in values):
+            axis.plot(numbers, [np.nan if v is None else v for v in values], marker="o", label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation metric")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_prediction_grid(
+    samples: Sequence[tuple[Image.Image, np.ndarray, dict[str, Any]]],
+    path: Path,
+    *,
+    score_threshold: float = 0.3,
+    columns: int = 4,
+) -> Path:
+    """Images with ground-truth boxes (green) and predicted boxes with scores (red)."""
+    rows = max(1, math.ceil(len(samples) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4.4 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (image, truth_boxes, prediction) in zip(axes.flat, samples, strict=False):
+        axis.imshow(image, cmap="gray")
+        for x1, y1, x2, y2 in np.asarray(truth_boxes).reshape(-1, 4):
+            axis.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", linewidth=1.5))
+        for (x1, y1, x2, y2), score in zip(prediction["boxes"].tolist(), prediction["scores"].tolist(), strict=True):
+            if score < score_threshold:
+                continue
+            axis.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", linewidth=1.5))
+            axis.text(x1, y1 - 3, f"{score:.2f}", color="red", fontsize=8)
+        best = max(prediction["scores"].tolist(), default=0.0)
+        axis.set_title(f"{len(truth_boxes)} true box(es), top score {best:.2f}", fontsize=9)
+    figure.suptitle("green: ground truth, red: prediction", fontsize=11)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def draw_overlay(image: Image.Image, prediction: dict[str, Any], path: Path, *, score_threshold: float) -> Path:
+    """A single X-ray with its predicted boxes, for `fracture-al predict --overlay`."""
+    return plot_prediction_grid(
+        [(image, np.zeros((0, 4)), prediction)], path, score_threshold=score_threshold, columns=1
+    )
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,81 @@
+"""Batched inference with a saved model version: PIL images in, boxes in pixels out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from detection.model import ModelConfig
+from detection.store import ModelVersion, load_model
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    width: int
+    height: int
+    boxes: np.ndarray  # (N, 4) xyxy pixels, highest score first
+    scores: np.ndarray  # (N,)
+    class_names: list[str]  # (N,)
+
+    @property
+    def image_score(self) -> float:
+        """The model's belief that the X-ray shows a fracture: its best box score."""
+        return float(self.scores.max()) if len(self.scores) else 0.0
+
+    def above(self, threshold: float) -> ImagePrediction:
+        keep = self.scores >= threshold
+        return ImagePrediction(
+            self.width, self.height, self.boxes[keep], self.scores[keep],
+            [name for name, kept in zip(self.class_names, keep, strict=True) if kept],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "image_score": self.image_score,
+            "detections": [
+                {"label": name, "score": round(float(score), 4), "box_xyxy": [round(float(v), 1) for v in box]}
+                for box, score, name in zip(self.boxes, self.scores, self.class_names, strict=True)
+            ],
+        }
+
+
+class Predictor:
+    def __init__(self, model: torch.nn.Module, config: ModelConfig, device: torch.device, version: str):
+        self.model = model.to(device).eval()
+        self.config = config
+        self.device = device
+        self.version = version
+
+    @classmethod
+    def from_version(cls, version: ModelVersion, device: torch.device) -> Predictor:
+        model, config = load_model(version.weights_path, device)
+        return cls(model, config, device, version.name)
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[Image.Image], *, batch_size: int = 8) -> list[ImagePrediction]:
+        results: list[ImagePrediction] = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            tensors = [F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True).to(self.device) for image in batch]
+            with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+                outputs = self.model(tensors)
+            results.extend(self._to_prediction(image, output) for image, output in zip(batch, outputs, strict=True))
+        return results
+
+    def _to_prediction(self, image: Image.Image, output: dict[str, torch.Tensor]) -> ImagePrediction:
+        labels = output["labels"].cpu().tolist()
+        return ImagePrediction(
+            width=image.width,
+            height=image.height,
+            boxes=output["boxes"].float().cpu().numpy(),
+            scores=output["scores"].float().cpu().numpy(),
+            class_names=[self.config.class_names[label - 1] for label in labels],
+        )

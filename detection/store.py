@@ -1,0 +1,192 @@
+"""The model store: numbered, immutable model versions and a movable "current" pointer.
+
+Layout under the store's root::
+
+    versions/v0001/   model.pt, config.json, metrics.json, history.json, plots/*.png
+    staging/          versions being written (never read by anyone else)
+    CURRENT           the name of the version being served
+
+A version is written completely in ``staging/`` and then renamed into ``versions/`` in one
+``rename(2)``: readers see all of it or none of it, a crash leaves only staging debris, and the
+rename fails when another process already took the number, so two writers never share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detection.model import ModelConfig, build_model
+
+VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
+MODEL_FILE = "model.pt"
+
+
+class ModelStoreError(LookupError):
+    """A version that does not exist, or a store with no current version."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    path: Path
+
+    @property
+    def number(self) -> int:
+        return int(VERSION_PATTERN.match(self.name).group(1))
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        file = self.path / name
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.read_json("config.json")["model"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.read_json("metrics.json")
+
+    @property
+    def plots(self) -> list[Path]:
+        return sorted((self.path / "plots").glob("*.png"))
+
+    @property
+    def created_at(self) -> float:
+        return self.weights_path.stat().st_mtime
+
+
+def save_model(model: torch.nn.Module, config: ModelConfig, path: Path) -> None:
+    torch.save({"model": model.state_dict(), "model_config": config.to_dict()}, path)
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelConfig]:
+    """Rebuild a saved detector (no pretrained checkpoint needed: the file has every weight)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    config = ModelConfig.from_dict(saved["model_config"])
+    model = build_model(config)
+    model.load_state_dict(saved["model"])
+    return model.to(device).eval(), config
+
+
+def write_json(path: Path, content: Any) -> None:
+    path.write_text(json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class ModelStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.staging_dir = self.root / "staging"
+        self.pointer = self.root / "CURRENT"
+
+    # Reading -----------------------------------------------------------------------------------
+    def list(self) -> list[ModelVersion]:
+        if not self.versions_dir.is_dir():
+            return []
+        versions = [
+            ModelVersion(entry.name, entry)
+            for entry in self.versions_dir.iterdir()
+            if entry.is_dir() and VERSION_PATTERN.match(entry.name)
+        ]
+        return sorted(versions, key=lambda version: version.number)
+
+    def get(self, name: str) -> ModelVersion:
+        path = self.versions_dir / name
+        if not VERSION_PATTERN.match(name) or not path.is_dir():
+            known = ", ".join(v.name for v in self.list()) or "none"
+            raise ModelStoreError(f"model version {name!r} not found in {self.root} (known: {known})")
+        return ModelVersion(name, path)
+
+    def current_name(self) -> str | None:
+        try:
+            return self.pointer.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def current(self) -> ModelVersion:
+        name = self.current_name()
+        if name is None:
+            raise ModelStoreError(
+                f"no model has been published in {self.root} yet: run `fracture-al train` first"
+            )
+        return self.get(name)
+
+    def resolve(self, name: str | None) -> ModelVersion:
+        """``name`` if given, else the current version."""
+        return self.get(name) if name else self.current()
+
+    # Writing -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stage(self) -> Iterator[Path]:
+        """A private directory to write a version into; removed if the block fails."""
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.staging_dir))
+        try:
+            yield path
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+
+    def publish(self, staged: Path, *, make_current: bool = True) -> ModelVersion:
+        """Move a fully written staging directory into place under the next free version number."""
+        if not (staged / MODEL_FILE).is_file():
+            raise ModelStoreError(f"{staged} has no {MODEL_FILE}: refusing to publish it")
+        _fsync_tree(staged)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        number = max((version.number for version in self.list()), default=0) + 1
+        while True:
+            target = self.versions_dir / f"v{number:04d}"
+            try:
+                os.rename(staged, target)  # fails if another writer took this number first
+                break
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                number += 1
+        _fsync_directory(self.versions_dir)
+        version = ModelVersion(target.name, target)
+        if make_current:
+            self.promote(version.name)
+        return version
+
+    def promote(self, name: str) -> ModelVersion:
+        """Point CURRENT at ``name``; also how a rollback is done."""
+        version = self.get(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        temporary = self.root / f".CURRENT.{os.getpid()}.{time.monotonic_ns()}"
+        temporary.write_text(version.name + "\n")
+        os.replace(temporary, self.pointer)
+        return version
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.is_file():
+            with path.open("rb") as stream:
+                os.fsync(stream.fileno())
+    _fsync_directory(root)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,250 @@
+"""Training a detector end to end: data loaders, optimiser, schedule, per-epoch validation and
+resumable checkpoints. Publishing the result is :mod:`detection.versioning`'s job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detection.data import CocoDetection, CocoFile, collate, eval_transforms, train_transforms
+from detection.engine import LossLog, predict_batches, train_one_epoch
+from detection.evaluation import evaluate_predictions
+from detection.model import ModelConfig, build_model, load_pretrained
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iterations: int = 100
+    workers: int = 1
+    # Stop at the end of the iteration that crosses this many minutes (the schedule still spans
+    # ``epochs``); None trains every epoch.
+    time_budget_minutes: float | None = None
+    image_threshold: float = 0.5
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DataSplit:
+    """A COCO file and the folder its ``file_name`` entries are relative to."""
+
+    coco: CocoFile
+    image_dir: Path
+
+    @classmethod
+    def load(cls, annotations: str | Path, image_dir: str | Path, class_names: list[str] | None = None) -> DataSplit:
+        return cls(CocoFile(annotations, class_names), Path(image_dir))
+
+    def dataset(self, transforms: Callable | None) -> CocoDetection:
+        return CocoDetection(self.coco, self.image_dir, transforms)
+
+
+@dataclass
+class Initialisation:
+    """Where the starting weights come from: a saved model file (warm start) or pretrained ones."""
+
+    model_file: Path | None = None
+    weights_file: Path | None = None
+    weights_dirs: list[Path] = field(default_factory=list)
+    allow_download: bool = False
+
+
+@dataclass
+class TrainingOutcome:
+    model: torch.nn.Module
+    model_config: ModelConfig
+    train_config: TrainConfig
+    loss_log: LossLog
+    epochs: list[dict[str, Any]]
+    device: torch.device
+    pretrained_from: str | None
+    seconds: float
+    images_seen: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / self.seconds if self.seconds else 0.0
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no GPU; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset: Dataset, config: TrainConfig, device: torch.device, *, shuffle: bool, epoch: int = 0) -> DataLoader:
+    # A generator seeded per epoch fixes the order and the workers' augmentation seeds, so a
+    # resumed run sees the same batches as an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        num_workers=config.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_iterations: int):
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    warmup = min(config.warmup_iterations, max(1, total_iterations // 4))
+    scheduler = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_iterations - warmup)),
+        ],
+        milestones=[warmup],
+    )
+    return optimizer, scheduler
+
+
+def initial_model(model_config: ModelConfig, init: Initialisation) -> tuple[torch.nn.Module, str | None]:
+    """A fresh detector, warm-started from a saved model or seeded from pretrained weights."""
+    model = build_model(model_config)
+    if init.model_file is not None:
+        saved = torch.load(init.model_file, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        return model, str(init.model_file)
+    if init.weights_file is not None and str(init.weights_file).lower() == "none":
+        return model, None
+    path = load_pretrained(
+        model,
+        model_config,
+        weights_file=init.weights_file,
+        search_dirs=init.weights_dirs,
+        allow_download=init.allow_download,
+    )
+    return model, str(path)
+
+
+def fit(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    train_split: DataSplit,
+    val_split: DataSplit | None,
+    run_dir: Path,
+    *,
+    device: torch.device,
+    init: Initialisation,
+    resume: bool = False,
+    on_iteration: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainingOutcome:
+    """Train, validating after each epoch and checkpointing to ``run_dir`` so a killed run resumes."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(train_config.seed)
+    model, pretrained_from = initial_model(model_config, init)
+    model.to(device)
+
+    train_set = train_split.dataset(train_transforms())
+    iterations_per_epoch = -(-len(train_set) // train_config.batch_size)
+    optimizer, scheduler = make_optimizer(model, train_config, train_config.epochs * iterations_per_epoch)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    loss_log, epochs, start_epoch = LossLog(), [], 1
+
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        loss_log, epochs, start_epoch = LossLog(state["iterations"]), state["epochs"], state["epoch"] + 1
+        log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
+
+    deadline = (
+        time.monotonic() + 60 * train_config.time_budget_minutes if train_config.time_budget_minutes else None
+    )
+    started, images_seen = time.monotonic(), 0
+    for epoch in range(start_epoch, train_config.epochs + 1):
+        torch.manual_seed(train_config.seed * 1000 + epoch)
+        loader = make_loader(train_set, train_config, device, shuffle=True, epoch=epoch)
+        iterations = train_one_epoch(
+            model, optimizer, scheduler, loader, device, epoch, loss_log,
+            scaler=scaler, on_iteration=on_iteration, deadline=deadline,
+        )
+        images_seen += min(iterations * train_config.batch_size, len(train_set))
+        summary = {"epoch": epoch, "iterations": iterations, **loss_log.epoch_means(epoch)}
+        if val_split is not None:
+            metrics, _ = evaluate_split(model, val_split, train_config, device, description=f"validate {epoch}")
+            summary.update(metrics)
+        epochs.append(summary)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+        save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, epoch, loss_log, epochs)
+        if on_epoch is not None:
+            on_epoch(summary)
+        if deadline is not None and time.monotonic() >= deadline:
+            log.info("time budget of %s min reached after epoch %d", train_config.time_budget_minutes, epoch)
+            break
+
+    return TrainingOutcome(
+        model=model.eval(),
+        model_config=model_config,
+        train_config=train_config,
+        loss_log=loss_log,
+        epochs=epochs,
+        device=device,
+        pretrained_from=pretrained_from,
+        seconds=time.monotonic() - started,
+        images_seen=images_seen,
+    )
+
+
+def evaluate_split(
+    model: torch.nn.Module, split: DataSplit, config: TrainConfig, device: torch.device, *, description: str = "evaluate"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics of ``model`` on ``split``, and the predictions they were computed from."""
+    loader = make_loader(split.dataset(eval_transforms()), config, device, shuffle=False)
+    predictions = predict_batches(model, loader, device, description=description)
+    return evaluate_predictions(split.coco, predictions, image_threshold=config.image_threshold), predictions
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, epoch: int, loss_log: LossLog, epochs: list) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch,
+            "iterations": loss_log.iterations,
+            "epochs": epochs,
+        },
+        temporary,
+    )
+    os.replace(temporary, path)  # a kill mid-save leaves the previous checkpoint intact

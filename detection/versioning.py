@@ -1,0 +1,80 @@
+"""Turning a finished training run into a model version: weights, config, metrics and plots."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+
+from detection.images import load_image
+from detection.plots import plot_losses, plot_prediction_grid, plot_validation
+from detection.store import MODEL_FILE, ModelStore, ModelVersion, save_model, write_json
+from detection.training import DataSplit, TrainingOutcome, evaluate_split
+
+GRID_IMAGES = 8
+
+
+def publish_outcome(
+    store: ModelStore,
+    outcome: TrainingOutcome,
+    *,
+    test_split: DataSplit | None,
+    data_sources: dict[str, Any],
+    make_current: bool = True,
+) -> ModelVersion:
+    """Evaluate on the test split, write everything into staging, then publish in one rename."""
+    with store.stage() as staged:
+        save_model(outcome.model, outcome.model_config, staged / MODEL_FILE)
+        metrics = {
+            "validation": outcome.epochs[-1] if outcome.epochs else {},
+            "train_images_per_second": outcome.images_per_second,
+            "train_seconds": outcome.seconds,
+        }
+        plots = staged / "plots"
+        plot_losses(outcome.loss_log.iterations, plots / "losses.png")
+        plot_validation(outcome.epochs, plots / "validation.png")
+        if test_split is not None:
+            test_metrics, predictions = evaluate_split(
+                outcome.model, test_split, outcome.train_config, outcome.device, description="test"
+            )
+            metrics["test"] = test_metrics
+            plot_prediction_grid(grid_samples(test_split, predictions), plots / "test_predictions.png")
+        write_json(staged / "metrics.json", metrics)
+        write_json(staged / "history.json", {"iterations": outcome.loss_log.iterations, "epochs": outcome.epochs})
+        write_json(
+            staged / "config.json",
+            {
+                "model": outcome.model_config.to_dict(),
+                "train": outcome.train_config.to_dict(),
+                "data": data_sources,
+                "pretrained_from": outcome.pretrained_from,
+                "device": str(outcome.device),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        )
+        return store.publish(staged, make_current=make_current)
+
+
+def grid_samples(split: DataSplit, predictions: list[dict[str, Any]]) -> list:
+    """Half X-rays with fractures, half without, in file order, so every version shows the same."""
+    by_id = {prediction["image_id"]: prediction for prediction in predictions}
+    positives = [record for record in split.coco.images if record.boxes][: GRID_IMAGES // 2]
+    negatives = [record for record in split.coco.images if not record.boxes]
+    chosen = positives + negatives[: GRID_IMAGES - len(positives)]
+    return [
+        (load_image(split.image_dir / record.file_name), np.array(record.boxes).reshape(-1, 4), by_id[record.image_id])
+        for record in chosen
+        if record.image_id in by_id
+    ]
+
+
+def data_sources(**splits: DataSplit | None) -> dict[str, Any]:
+    """Where each split came from, for the version's config.json."""
+    return {
+        name: {"annotations": str(split.coco.path), "images": str(split.image_dir), "count": len(split.coco.images)}
+        for name, split in splits.items()
+        if split is not None
+    }
