@@ -63,9 +63,7 @@ class CocoFile:
             if w <= 1 or h <= 1:  # degenerate boxes break the box regression targets
                 continue
             boxes.setdefault(annotation["image_id"], []).append([x, y, x + w, y + h])
-            labels.setdefault(annotation["image_id"], []).append(
-                self.label_of_category[annotation["category_id"]]
-            )
+            labels.setdefault(annotation["image_id"], []).append(self.label_of_category[annotation["category_id"]])
         reserved = {"id", "file_name", "width", "height"}
         return [
             CocoImage(

@@ -44,8 +44,7 @@ def to_device(images: Iterable[torch.Tensor], targets: Iterable[dict], device: t
     non_blocking = device.type == "cuda"
     images = [image.to(device, non_blocking=non_blocking) for image in images]
     targets = [
-        {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in t.items()}
-        for t in targets
+        {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets
     ]
     return images, targets
 

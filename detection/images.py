@@ -35,9 +35,7 @@ def load_image(source: str | Path | bytes, *, name: str | None = None) -> Image.
         raise ImageLoadError(f"{label}: cannot open ({error})") from error
     with opened as image:
         if image.width * image.height > MAX_PIXELS:
-            raise ImageLoadError(
-                f"{label}: {image.width}x{image.height} exceeds the {MAX_PIXELS:,}-pixel limit"
-            )
+            raise ImageLoadError(f"{label}: {image.width}x{image.height} exceeds the {MAX_PIXELS:,}-pixel limit")
         try:
             image.load()  # decode now, so that truncated files fail here and not in a worker
         except (OSError, SyntaxError, ValueError) as error:

@@ -112,9 +112,7 @@ def _freeze_leading_stages(features: torch.nn.Sequential, trainable_stages: int)
     stage_starts.append(len(features) - 1)
     if not 0 <= trainable_stages <= len(stage_starts):
         raise ValueError(f"trainable_backbone_layers must be in 0..{len(stage_starts)}")
-    freeze_before = (
-        len(features) if trainable_stages == 0 else stage_starts[len(stage_starts) - trainable_stages]
-    )
+    freeze_before = len(features) if trainable_stages == 0 else stage_starts[len(stage_starts) - trainable_stages]
     for block in features[:freeze_before]:
         block.requires_grad_(False)
 
@@ -132,7 +130,9 @@ def _resnet50_fpn(config: ModelConfig) -> FasterRCNN:
 def _resnet50_fpn_v2(config: ModelConfig) -> FasterRCNN:
     # v2 keeps trainable BatchNorm everywhere, as torchvision trained it.
     return torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(
-        weights=None, weights_backbone=None, num_classes=config.num_classes,
+        weights=None,
+        weights_backbone=None,
+        num_classes=config.num_classes,
         **_common_kwargs(config),
     )
 
@@ -153,8 +153,11 @@ def _mobilenet_v3_fpn(low_resolution: bool) -> Callable[[ModelConfig], FasterRCN
             else {}
         )
         return FasterRCNN(
-            backbone, num_classes=config.num_classes, rpn_anchor_generator=anchors,
-            **extra, **_common_kwargs(config),
+            backbone,
+            num_classes=config.num_classes,
+            rpn_anchor_generator=anchors,
+            **extra,
+            **_common_kwargs(config),
         )
 
     return build
@@ -162,9 +165,7 @@ def _mobilenet_v3_fpn(low_resolution: bool) -> Callable[[ModelConfig], FasterRCN
 
 ARCHITECTURES: dict[str, Architecture] = {
     "mobilenet_v2_fpn": Architecture(_mobilenet_v2_fpn, "mobilenet_v2-b0353104.pth", "backbone"),
-    "fasterrcnn_resnet50_fpn": Architecture(
-        _resnet50_fpn, "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "detector"
-    ),
+    "fasterrcnn_resnet50_fpn": Architecture(_resnet50_fpn, "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth", "detector"),
     "fasterrcnn_resnet50_fpn_v2": Architecture(
         _resnet50_fpn_v2, "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth", "detector"
     ),
@@ -185,9 +186,7 @@ def architecture(name: str) -> Architecture:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}"
-        ) from None
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}") from None
 
 
 def build_model(config: ModelConfig) -> FasterRCNN:

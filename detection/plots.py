@@ -10,12 +10,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # workers and servers have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+from PIL import Image
 
-from detection.engine import LOSS_NAMES  # noqa: E402
+from detection.engine import LOSS_NAMES
 
 VALIDATION_CURVES = {"mAP50": "mAP@50", "mAP75": "mAP@75", "mAP": "mAP@[.5:.95]", "auroc": "image AUROC"}
 
@@ -57,20 +57,20 @@ def plot_validation(epochs: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_prediction_grid(
-    samples: Sequence[tuple[Image.Image, np.ndarray, dict[str, Any]]],
+    samples: Sequence[tuple[Image.Image, np.ndarray | None, dict[str, Any]]],
     path: Path,
     *,
     score_threshold: float = 0.3,
     columns: int = 4,
 ) -> Path:
-    """Images with ground-truth boxes (green) and predicted boxes with scores (red)."""
+    """Images with ground-truth boxes (green; None where unknown) and predicted boxes with scores (red)."""
     rows = max(1, math.ceil(len(samples) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4.4 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, (image, truth_boxes, prediction) in zip(axes.flat, samples, strict=False):
         axis.imshow(image, cmap="gray")
-        for x1, y1, x2, y2 in np.asarray(truth_boxes).reshape(-1, 4):
+        for x1, y1, x2, y2 in np.asarray(truth_boxes if truth_boxes is not None else []).reshape(-1, 4):
             axis.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", linewidth=1.5))
         for (x1, y1, x2, y2), score in zip(prediction["boxes"].tolist(), prediction["scores"].tolist(), strict=True):
             if score < score_threshold:
@@ -78,17 +78,19 @@ def plot_prediction_grid(
             axis.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", linewidth=1.5))
             axis.text(x1, y1 - 3, f"{score:.2f}", color="red", fontsize=8)
         best = max(prediction["scores"].tolist(), default=0.0)
-        axis.set_title(f"{len(truth_boxes)} true box(es), top score {best:.2f}", fontsize=9)
+        truth = f"{len(truth_boxes)} true box(es), " if truth_boxes is not None else ""
+        axis.set_title(f"{truth}top score {best:.2f}", fontsize=9)
     figure.suptitle("green: ground truth, red: prediction", fontsize=11)
     figure.tight_layout()
     return _save(figure, path)
 
 
-def draw_overlay(image: Image.Image, prediction: dict[str, Any], path: Path, *, score_threshold: float) -> Path:
+def draw_overlay(
+    image: Image.Image, boxes: np.ndarray, scores: np.ndarray, path: Path, *, score_threshold: float
+) -> Path:
     """A single X-ray with its predicted boxes, for `fracture-al predict --overlay`."""
-    return plot_prediction_grid(
-        [(image, np.zeros((0, 4)), prediction)], path, score_threshold=score_threshold, columns=1
-    )
+    prediction = {"boxes": np.asarray(boxes), "scores": np.asarray(scores)}
+    return plot_prediction_grid([(image, None, prediction)], path, score_threshold=score_threshold, columns=1)
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:

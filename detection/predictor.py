@@ -31,7 +31,10 @@ class ImagePrediction:
     def above(self, threshold: float) -> ImagePrediction:
         keep = self.scores >= threshold
         return ImagePrediction(
-            self.width, self.height, self.boxes[keep], self.scores[keep],
+            self.width,
+            self.height,
+            self.boxes[keep],
+            self.scores[keep],
             [name for name, kept in zip(self.class_names, keep, strict=True) if kept],
         )
 

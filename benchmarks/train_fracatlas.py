@@ -1,0 +1,113 @@
+"""Quality and speed baseline of the default offline detector on FracAtlas.
+
+Trains ``mobilenet_v2_fpn`` (seeded from the ImageNet MobileNetV2 checkpoint) on the train split
+for a fixed number of epochs, then reports test mAP@50, mAP@75, mAP@[.5:.95], image-level AUROC,
+training images/s and inference images/s. Prints a table and saves JSON; the trained model is
+published into ``--home`` so later benchmarks (backend latency, active learning) can reuse it.
+
+    python benchmarks/train_fracatlas.py --data ../shared/data/fracatlas --epochs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from detection.images import load_image
+from detection.model import ModelConfig
+from detection.predictor import Predictor
+from detection.store import ModelStore
+from detection.training import Initialisation, TrainConfig, choose_device, fit, load_splits
+from detection.versioning import data_sources, publish_outcome
+
+
+def inference_images_per_second(predictor: Predictor, paths: list[Path], batch_size: int) -> float:
+    images = [load_image(path) for path in paths]
+    predictor.predict(images[:batch_size], batch_size=batch_size)  # warm-up
+    started = time.perf_counter()
+    predictor.predict(images, batch_size=batch_size)
+    return len(images) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
+    parser.add_argument("--home", type=Path, default=Path("benchmarks/results/home"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_fracatlas.json"))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--min-size", type=int, default=512)
+    parser.add_argument("--max-size", type=int, default=800)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+
+    device = choose_device(args.device)
+    splits = load_splits(args.data)
+    model_config = ModelConfig(
+        min_size=args.min_size, max_size=args.max_size, class_names=splits["train"].coco.class_names
+    )
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, workers=args.workers)
+    store = ModelStore(args.home / "models")
+    run_dir = args.home / "runs" / time.strftime("bench-%Y%m%d-%H%M%S")
+
+    outcome = fit(
+        model_config,
+        train_config,
+        splits["train"],
+        splits["val"],
+        run_dir,
+        device=device,
+        init=Initialisation(),
+        on_epoch=lambda summary: print(json.dumps(summary), flush=True),
+    )
+    version = publish_outcome(store, outcome, test_split=splits["test"], data_sources=data_sources(**splits))
+    test = version.metrics["test"]
+
+    predictor = Predictor.from_version(version, device)
+    test_paths = [splits["test"].image_dir / record.file_name for record in splits["test"].coco.images]
+    inference_rate = inference_images_per_second(predictor, test_paths, batch_size=4)
+
+    result = {
+        "model_version": version.name,
+        "version_path": str(version.path),
+        "arch": model_config.arch,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "epochs": len(outcome.epochs),
+        "train_images": len(splits["train"].coco.images),
+        "min_size": args.min_size,
+        "train_minutes": outcome.seconds / 60,
+        "train_images_per_second": outcome.images_per_second,
+        "inference_images_per_second": inference_rate,
+        "test": test,
+        "validation_per_epoch": outcome.epochs,
+        "plots": [str(path) for path in version.plots],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+    table = Table(title=f"{model_config.arch}, {len(outcome.epochs)} epochs at {args.min_size} px on {device}")
+    for column in ("test mAP@50", "test mAP@75", "test mAP", "test AUROC", "train img/s", "infer img/s", "train min"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        *(f"{value:.3f}" for value in (test["mAP50"], test["mAP75"], test["mAP"], test["auroc"])),
+        f"{outcome.images_per_second:.2f}",
+        f"{inference_rate:.2f}",
+        f"{outcome.seconds / 60:.1f}",
+    )
+    Console().print(table)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from fracture_al.cli import main
+
+main()

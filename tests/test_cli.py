@@ -1,0 +1,95 @@
+"""The ``fracture-al`` command line, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FRACTURE_AL_HOME": str(home), "FRACTURE_AL_DEVICE": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "fracture_al", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("inputs")
+    jpeg = sorted((sample_dir / "images").glob("*.jpg"))[0]
+    sixteen = folder / "xray16.png"
+    gray = np.asarray(Image.open(jpeg).convert("L"), dtype=np.uint16) * 16  # 12-bit range
+    Image.fromarray(gray).save(sixteen)
+    corrupt = folder / "corrupt.jpg"
+    corrupt.write_bytes(jpeg.read_bytes()[:300])
+    return {"jpeg": jpeg, "png16": sixteen, "corrupt": corrupt}
+
+
+def test_predict_json_on_jpeg_and_16_bit_png(trained_home: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
+    result = run_cli(
+        trained_home,
+        "predict",
+        str(inputs["jpeg"]),
+        str(inputs["png16"]),
+        "--json",
+        "--threshold",
+        "0",
+        "--overlay",
+        str(tmp_path / "overlays"),
+    )
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    assert [a["image"] for a in answers] == [str(inputs["jpeg"]), str(inputs["png16"])]
+    for answer in answers:
+        assert answer["model_version"] == "v0001"
+        for detection in answer["detections"]:
+            x1, y1, x2, y2 = detection["box_xyxy"]
+            assert 0 <= x1 < x2 <= answer["width"] and 0 <= y1 < y2 <= answer["height"]
+            assert 0 <= detection["score"] <= 1
+        assert Path(answer["overlay"]).is_file()
+    assert answers[0]["width"] == Image.open(inputs["jpeg"]).width
+
+
+def test_predict_reports_a_corrupt_file_and_still_answers_the_rest(trained_home: Path, inputs: dict[str, Path]) -> None:
+    result = run_cli(trained_home, "predict", str(inputs["corrupt"]), str(inputs["jpeg"]), "--json")
+    assert result.returncode == 1
+    assert "corrupt.jpg" in result.stderr and "truncated" in result.stderr
+    answers = json.loads(result.stdout)
+    assert "error" in answers[0] and "detections" in answers[1]
+
+
+def test_predict_table_output(trained_home: Path, inputs: dict[str, Path]) -> None:
+    result = run_cli(trained_home, "predict", str(inputs["jpeg"]), "--threshold", "0")
+    assert result.returncode == 0, result.stderr
+    assert "fracture detections" in result.stdout
+
+
+def test_evaluate_reproduces_the_stored_test_metrics(trained_home: Path) -> None:
+    result = run_cli(trained_home, "evaluate", "--json")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout)
+    stored = json.loads((trained_home / "models" / "versions" / "v0001" / "metrics.json").read_text())["test"]
+    for key in ("mAP50", "mAP75", "auroc", "accuracy"):
+        assert evaluated[key] == pytest.approx(stored[key], abs=1e-6)
+
+
+def test_models_list_show_and_promote(trained_home: Path) -> None:
+    listed = json.loads(run_cli(trained_home, "models", "list", "--json").stdout)
+    assert listed[0]["version"] == "v0001" and listed[0]["current"]
+    shown = run_cli(trained_home, "models", "show")
+    assert "losses.png" in shown.stdout
+    missing = run_cli(trained_home, "models", "promote", "v0042")
+    assert missing.returncode != 0 and "v0042" in missing.stderr and "v0001" in missing.stderr
+
+
+def test_predict_without_any_model_says_to_train(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    result = run_cli(tmp_path, "predict", str(inputs["jpeg"]))
+    assert result.returncode != 0
+    assert "fracture-al train" in result.stderr

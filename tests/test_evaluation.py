@@ -1,0 +1,93 @@
+"""Metrics on hand-built cases whose right answers are known on paper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detection.data import CocoFile
+from detection.evaluation import evaluate_predictions
+
+# Four 100x100 X-rays: two with one fracture each, two without.
+TRUTH = {1: [10, 10, 50, 50], 2: [20, 30, 60, 70]}
+
+
+@pytest.fixture()
+def coco(tmp_path: Path) -> CocoFile:
+    content = {
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 100} for i in (1, 2, 3, 4)],
+        "categories": [{"id": 7, "name": "fracture"}],  # a non-contiguous id, as exports have
+        "annotations": [
+            {"id": n, "image_id": image_id, "category_id": 7, "bbox": [x1, y1, x2 - x1, y2 - y1]}
+            for n, (image_id, (x1, y1, x2, y2)) in enumerate(TRUTH.items(), start=1)
+        ],
+    }
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(content))
+    return CocoFile(path)
+
+
+def prediction(image_id: int, boxes: list[list[float]], scores: list[float]) -> dict:
+    return {
+        "image_id": image_id,
+        "boxes": np.array(boxes, dtype=float).reshape(-1, 4),
+        "scores": np.array(scores),
+        "labels": np.ones(len(scores), dtype=int),
+    }
+
+
+def test_perfect_boxes_score_one(coco: CocoFile) -> None:
+    predictions = [prediction(i, [TRUTH[i]], [0.9]) for i in (1, 2)] + [prediction(i, [], []) for i in (3, 4)]
+    metrics = evaluate_predictions(coco, predictions)
+    assert metrics["mAP50"] == pytest.approx(1.0)
+    assert metrics["mAP75"] == pytest.approx(1.0)
+    assert metrics["mAP"] == pytest.approx(1.0)
+    assert metrics["auroc"] == pytest.approx(1.0)
+    assert metrics["sensitivity"] == 1.0 and metrics["specificity"] == 1.0 and metrics["accuracy"] == 1.0
+
+
+def test_loose_boxes_pass_at_50_but_fail_at_75(coco: CocoFile) -> None:
+    # Each box is 40x40 shifted 8 px right: IoU = 32*40 / (2*1600 - 32*40) = 0.667.
+    shifted = {i: [x1 + 8, y1, x2 + 8, y2] for i, (x1, y1, x2, y2) in TRUTH.items()}
+    predictions = [prediction(i, [shifted[i]], [0.8]) for i in (1, 2)]
+    metrics = evaluate_predictions(coco, predictions + [prediction(i, [], []) for i in (3, 4)])
+    assert metrics["mAP50"] == pytest.approx(1.0)
+    assert metrics["mAP75"] == pytest.approx(0.0)
+    # IoU 0.667 passes the thresholds 0.50 .. 0.65: 4 of the 10 COCO thresholds.
+    assert metrics["mAP"] == pytest.approx(0.4)
+
+
+def test_false_alarm_ranked_first_gives_two_thirds(coco: CocoFile) -> None:
+    # Ranked detections: false alarm (0.9, on a healthy X-ray), hit (0.8), hit (0.7).
+    # Precision after each hit: 1/2 at recall 0.5, 2/3 at recall 1.0; COCO's interpolated
+    # precision is 2/3 at every recall level, so AP = 2/3.
+    predictions = [
+        prediction(3, [[5, 5, 30, 30]], [0.9]),
+        prediction(1, [TRUTH[1]], [0.8]),
+        prediction(2, [TRUTH[2]], [0.7]),
+        prediction(4, [], []),
+    ]
+    metrics = evaluate_predictions(coco, predictions, image_threshold=0.75)
+    assert metrics["mAP50"] == pytest.approx(2 / 3, abs=1e-3)
+    # Image level at threshold 0.75: image 1 (0.8) and image 3 (0.9) flagged.
+    assert metrics["sensitivity"] == pytest.approx(0.5)
+    assert metrics["specificity"] == pytest.approx(0.5)
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    # Scores: positives 0.8, 0.7; negatives 0.9, 0.0 -> 2 of 4 pairs ordered right.
+    assert metrics["auroc"] == pytest.approx(0.5)
+
+
+def test_no_detections_at_all_is_zero_not_a_crash(coco: CocoFile) -> None:
+    metrics = evaluate_predictions(coco, [prediction(i, [], []) for i in (1, 2, 3, 4)])
+    assert metrics["mAP50"] == 0.0
+    assert metrics["sensitivity"] == 0.0
+
+
+def test_only_healthy_images_leave_ap_undefined(coco: CocoFile) -> None:
+    metrics = evaluate_predictions(coco, [prediction(3, [[1, 1, 9, 9]], [0.4]), prediction(4, [], [])])
+    assert metrics["mAP50"] is None
+    assert metrics["auroc"] is None
+    assert metrics["specificity"] == 1.0

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from detection.store import MODEL_FILE, ModelStore, ModelStoreError, write_json
+
+
+def stage_fake_version(store: ModelStore, marker: str) -> Path:
+    with store.stage() as staged:
+        (staged / MODEL_FILE).write_text(marker)
+        write_json(staged / "metrics.json", {"marker": marker})
+        return staged
+
+
+def test_publish_numbers_versions_and_moves_current(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    first = store.publish(stage_fake_version(store, "a"))
+    second = store.publish(stage_fake_version(store, "b"))
+    assert [v.name for v in store.list()] == ["v0001", "v0002"]
+    assert (first.name, second.name) == ("v0001", "v0002")
+    assert store.current().name == "v0002"
+    assert store.current().metrics == {"marker": "b"}
+    assert not list(store.staging_dir.iterdir())
+
+
+def test_promote_rolls_back(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.publish(stage_fake_version(store, "a"))
+    store.publish(stage_fake_version(store, "b"))
+    store.promote("v0001")
+    assert store.current().metrics == {"marker": "a"}
+    assert ModelStore(tmp_path).current_name() == "v0001"  # the pointer is on disk, not in memory
+
+
+def test_publish_without_promoting_keeps_current(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.publish(stage_fake_version(store, "a"))
+    store.publish(stage_fake_version(store, "b"), make_current=False)
+    assert store.current().name == "v0001"
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    with pytest.raises(RuntimeError), store.stage() as staged:
+        (staged / MODEL_FILE).write_text("half")
+        raise RuntimeError("killed while writing plots")
+    assert store.list() == []
+    assert not list(store.staging_dir.iterdir())
+    with pytest.raises(ModelStoreError, match="no model has been published"):
+        store.current()
+
+
+def test_incomplete_version_is_never_published(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    with store.stage() as staged:
+        (staged / "metrics.json").write_text("{}")
+        with pytest.raises(ModelStoreError, match=r"no model\.pt"):
+            store.publish(staged)
+    assert store.list() == []
+
+
+def test_unknown_version_names_the_known_ones(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.publish(stage_fake_version(store, "a"))
+    with pytest.raises(ModelStoreError, match=r"'v0009' not found .*known: v0001"):
+        store.promote("v0009")
+    with pytest.raises(ModelStoreError):
+        store.get("../../etc")
+
+
+def _publish_one(root: str, marker: str) -> str:
+    store = ModelStore(root)
+    return store.publish(stage_fake_version(store, marker)).name
+
+
+def test_concurrent_publishers_never_share_a_number(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        names = pool.starmap(_publish_one, [(str(tmp_path), f"m{i}") for i in range(12)])
+    assert len(set(names)) == 12
+    store = ModelStore(tmp_path)
+    markers = sorted(v.metrics["marker"] for v in store.list())
+    assert markers == sorted(f"m{i}" for i in range(12))

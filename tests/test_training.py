@@ -1,0 +1,92 @@
+"""Short training runs on the bundled FracAtlas X-rays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from detection.data import collate, eval_transforms
+from detection.engine import LOSS_NAMES, compute_losses
+from detection.model import ModelConfig
+from detection.store import ModelStore
+from detection.training import Initialisation, TrainConfig, fit, initial_model, load_splits
+
+CPU = torch.device("cpu")
+SMALL = ModelConfig(min_size=256, max_size=384)
+
+
+def test_short_training_lowers_the_loss(sample_dir: Path, tmp_path: Path) -> None:
+    splits = load_splits(sample_dir)
+    # Measured on un-augmented train images, before and after, with the same model code path.
+    loader = torch.utils.data.DataLoader(splits["train"].dataset(eval_transforms()), batch_size=4, collate_fn=collate)
+    untrained, _ = initial_model(SMALL, Initialisation())
+    before = compute_losses(untrained, loader, CPU)
+
+    outcome = fit(
+        SMALL,
+        TrainConfig(epochs=3, batch_size=4, workers=0),
+        splits["train"],
+        None,
+        tmp_path / "run",
+        device=CPU,
+        init=Initialisation(),
+    )
+    after = compute_losses(outcome.model, loader, CPU)
+
+    assert after["loss"] < 0.7 * before["loss"], (before, after)
+    # Every iteration logs the five losses people know from torchvision.
+    assert set(LOSS_NAMES) <= set(outcome.loss_log.iterations[0])
+    assert len(outcome.loss_log.iterations) == 3 * 6
+
+
+def test_trained_version_has_metrics_and_the_three_plots(trained_home: Path) -> None:
+    version = ModelStore(trained_home / "models").current()
+    assert version.name == "v0001"
+    metrics = version.metrics
+    for split in ("validation", "test"):
+        for key in ("mAP", "mAP50", "mAP75", "AR100", "accuracy", "sensitivity", "specificity", "auroc"):
+            assert key in metrics[split]
+    assert [plot.name for plot in version.plots] == ["losses.png", "test_predictions.png", "validation.png"]
+    for plot in version.plots:
+        with Image.open(plot) as picture:
+            assert picture.width > 300 and picture.height > 200
+    config = version.read_json("config.json")
+    assert config["model"]["arch"] == "mobilenet_v2_fpn"
+    assert config["pretrained_from"].endswith("mobilenet_v2-b0353104.pth")
+    assert len(version.read_json("history.json")["epochs"]) == 2
+
+
+def test_training_resumes_from_its_checkpoint(sample_dir: Path, tmp_path: Path) -> None:
+    splits = load_splits(sample_dir)
+    run_dir = tmp_path / "run"
+    first = fit(
+        SMALL,
+        TrainConfig(epochs=1, batch_size=8, workers=0),
+        splits["train"],
+        None,
+        run_dir,
+        device=CPU,
+        init=Initialisation(),
+    )
+    resumed = fit(
+        SMALL,
+        TrainConfig(epochs=2, batch_size=8, workers=0),
+        splits["train"],
+        None,
+        run_dir,
+        device=CPU,
+        init=Initialisation(),
+        resume=True,
+    )
+    assert [row["epoch"] for row in resumed.epochs] == [1, 2]
+    assert resumed.loss_log.iterations[:3] == first.loss_log.iterations  # epoch 1 was not re-run
+    assert {row["epoch"] for row in resumed.loss_log.iterations} == {1, 2}
+
+
+def test_warm_start_begins_from_the_saved_model(trained_home: Path) -> None:
+    version = ModelStore(trained_home / "models").current()
+    model, _ = initial_model(version.model_config, Initialisation(model_file=version.weights_path))
+    saved = torch.load(version.weights_path, weights_only=True)["model"]
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in saved.items())
