@@ -32,7 +32,7 @@ def load_image(source: str | Path | bytes, *, name: str | None = None) -> Image.
     except UnidentifiedImageError as error:
         raise ImageLoadError(f"{label}: not an image file PIL can read") from error
     except OSError as error:
-        raise ImageLoadError(f"{label}: cannot open ({error})") from error
+        raise ImageLoadError(f"{label}: corrupt or truncated image data ({error})") from error
     with opened as image:
         if image.width * image.height > MAX_PIXELS:
             raise ImageLoadError(f"{label}: {image.width}x{image.height} exceeds the {MAX_PIXELS:,}-pixel limit")

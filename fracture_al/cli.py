@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from rich.table import Table
 from fracture_al.settings import SAMPLE_DIR, Settings
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 class CliError(click.ClickException):
@@ -224,6 +225,32 @@ def predict(
         console.print(_predictions_table(results))
     if failures:
         sys.exit(1)
+
+
+# Label Studio ML backend ----------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default=None, help="Bind address (FRACTURE_AL_BACKEND_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (FRACTURE_AL_BACKEND_PORT, default 9090).")
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes (each loads the model).")
+@click.option("--threads", type=int, default=None, help="Threads per worker.")
+@click.pass_context
+def serve(context: click.Context, host: str | None, port: int | None, workers: int | None, threads: int | None) -> None:
+    """Run the Label Studio ML backend under gunicorn."""
+    settings = settings_of(context).with_overrides(
+        backend_host=host, backend_port=port, backend_workers=workers, backend_threads=threads
+    )
+    # gunicorn's workers build their own Settings from the environment: hand the flags down that way.
+    env = {**os.environ, "FRACTURE_AL_HOME": str(settings.home), "FRACTURE_AL_DEVICE": settings.device}
+    command = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{settings.backend_host}:{settings.backend_port}",
+        "--workers", str(settings.backend_workers),
+        "--threads", str(settings.backend_threads),
+        "--timeout", "300",  # a "retrieve predictions" over many tasks is one long request
+        "--access-logfile", "-",
+        "backend.app:create_app()",
+    ]  # fmt: skip
+    os.execvpe(command[0], command, env)
 
 
 # Model store ----------------------------------------------------------------------------------------

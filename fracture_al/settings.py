@@ -45,6 +45,25 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("FRACTURE_AL_LABEL_STUDIO_API_KEY", "LABEL_STUDIO_API_KEY"),
     )
 
+    # The Label Studio ML backend.
+    backend_host: str = "127.0.0.1"
+    backend_port: int = 9090
+    backend_workers: int = 1
+    backend_threads: int = 4
+    backend_basic_auth_user: str | None = None
+    backend_basic_auth_password: SecretStr | None = None
+    # Image URLs the backend may fetch besides the Label Studio it was set up with.
+    allowed_image_hosts: list[str] = Field(default_factory=list)
+    # Plain file paths in tasks are served only from under this folder.
+    local_image_root: Path | None = None
+    image_fetch_timeout: float = 15.0
+    max_image_bytes: int = 50 * 1024 * 1024
+    image_cache_bytes: int = 64 * 1024 * 1024
+    # Boxes below this score are not shown to annotators, unless the labelling config's
+    # `model_score_threshold` attribute says otherwise.
+    predict_score_threshold: float = 0.5
+    predict_batch_size: int = 8
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"

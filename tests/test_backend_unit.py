@@ -1,0 +1,288 @@
+"""The ML backend's pieces and its HTTP surface, with a real model and real loopback HTTP."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+
+from backend.app import create_app
+from detection.store import ModelStore
+from fracture_al.settings import Settings
+from integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection
+from integrations.label_config import LabelConfigError, rectangle_target
+from integrations.regions import box_to_percent, percent_to_box, prediction_regions
+
+TOKEN = "0123456789abcdef0123456789abcdef01234567"
+CONFIG = """<View>
+  <Image name="xray" value="$image"/>
+  <RectangleLabels name="findings" toName="xray" model_score_threshold="0.0">
+    <Label value="Fracture" predicted_values="fracture"/>
+    <Label value="Hardware"/>
+  </RectangleLabels>
+</View>"""
+
+
+# Conversion and label mapping ------------------------------------------------------------------------
+def test_pixel_box_to_percent_and_back() -> None:
+    value = box_to_percent([40, 30, 100, 90], width=200, height=300)
+    assert value == {"x": 20.0, "y": 10.0, "width": 30.0, "height": 20.0}
+    assert percent_to_box(value, 200, 300) == pytest.approx([40, 30, 100, 90])
+
+
+def test_boxes_are_clipped_to_the_image() -> None:
+    value = box_to_percent([-5, 10, 210, 50], width=200, height=100)
+    assert value["x"] == 0 and value["x"] + value["width"] == 100
+
+
+def test_labels_map_by_predicted_values_and_by_name() -> None:
+    target = rectangle_target(CONFIG, ("fracture",))
+    assert (target.from_name, target.to_name, target.value_key) == ("findings", "xray", "image")
+    assert target.label_of_class == {"fracture": "Fracture"}
+    assert target.score_threshold == 0.0
+    by_name = rectangle_target(CONFIG.replace(' predicted_values="fracture"', ""), ("fracture",))
+    assert by_name.label_of_class == {"fracture": "Fracture"}  # case-insensitive name match
+
+
+def test_unmapped_classes_and_low_scores_are_not_emitted() -> None:
+    target = rectangle_target(CONFIG.replace('model_score_threshold="0.0"', ""), ("fracture", "cast"))
+    regions = prediction_regions(
+        np.array([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]]),
+        np.array([0.9, 0.8, 0.2]),
+        ["fracture", "cast", "fracture"],
+        width=100,
+        height=50,
+        target=target,
+        threshold=0.5,
+    )
+    assert len(regions) == 1
+    region = regions[0]
+    assert region["value"]["rectanglelabels"] == ["Fracture"]
+    assert (region["from_name"], region["to_name"], region["type"]) == ("findings", "xray", "rectanglelabels")
+    assert (region["original_width"], region["original_height"]) == (100, 50)
+    assert region["value"]["height"] == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "<View><Image name='i' value='$image'/><Choices name='c' toName='i'><Choice value='a'/></Choices></View>",
+        "<View",
+    ],
+)
+def test_config_without_rectangles_is_refused(config: str) -> None:
+    with pytest.raises(LabelConfigError):
+        rectangle_target(config, ("fracture",))
+
+
+# A loopback server standing in for Label Studio's file serving ----------------------------------------
+class FileServer(ThreadingHTTPServer):
+    files: dict[str, bytes]
+    seen_authorization: list[str | None]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def do_GET(self) -> None:
+        self.server.seen_authorization.append(self.headers.get("Authorization"))
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://example.org/x.jpg")
+            self.end_headers()
+            return
+        body = self.server.files.get(self.path.split("?")[0])
+        if body is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def file_server(sample_dir: Path) -> Iterator[FileServer]:
+    server = FileServer(("127.0.0.1", 0), Handler)
+    jpeg = sorted((sample_dir / "images").glob("*.jpg"))[0].read_bytes()
+    server.files = {"/data/upload/1/xray.jpg": jpeg, "/big.jpg": jpeg * 20, "/corrupt.jpg": b"\xff\xd8\xff garbage"}
+    server.seen_authorization = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+def url_of(server: FileServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_label_studio_paths_are_fetched_with_the_token(file_server: FileServer) -> None:
+    source = ImageSource()
+    data = source.fetch("/data/upload/1/xray.jpg", LabelStudioConnection(url_of(file_server), TOKEN))
+    assert data == file_server.files["/data/upload/1/xray.jpg"]
+    assert file_server.seen_authorization == [f"Token {TOKEN}"]
+
+
+def test_token_is_not_sent_to_other_allowed_hosts(file_server: FileServer) -> None:
+    source = ImageSource(allowed_hosts=["127.0.0.1"])
+    elsewhere = LabelStudioConnection("http://localhost:1", TOKEN)
+    source.fetch(f"{url_of(file_server)}/data/upload/1/xray.jpg", elsewhere)
+    assert file_server.seen_authorization == [None]
+
+
+def test_foreign_hosts_redirects_and_oversized_files_are_refused(file_server: FileServer) -> None:
+    connection = LabelStudioConnection(url_of(file_server), TOKEN)
+    source = ImageSource(max_bytes=len(file_server.files["/data/upload/1/xray.jpg"]) * 2)
+    with pytest.raises(ImageFetchError, match="not the Label Studio"):
+        source.fetch("http://198.51.100.7/x.jpg", connection)
+    with pytest.raises(ImageFetchError, match="redirects are not followed"):
+        source.fetch(f"{url_of(file_server)}/redirect", connection)
+    with pytest.raises(ImageFetchError, match="cap"):
+        source.fetch(f"{url_of(file_server)}/big.jpg", connection)
+    with pytest.raises(ImageFetchError, match="404"):
+        source.fetch("/data/upload/1/missing.jpg", connection)
+    with pytest.raises(ImageFetchError, match="scheme"):
+        source.fetch("s3://bucket/x.jpg", connection)
+
+
+def test_local_paths_only_under_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"abc")
+    (tmp_path / "secret.txt").write_text("no")
+    source = ImageSource(local_root=root)
+    assert source.fetch(str(root / "a.jpg"), None) == b"abc"
+    assert source.fetch("a.jpg", None) == b"abc"
+    for traversal in ("../secret.txt", str(root / ".." / "secret.txt"), f"file://{tmp_path}/secret.txt"):
+        with pytest.raises(ImageFetchError, match="outside the allowed image root"):
+            source.fetch(traversal, None)
+    with pytest.raises(ImageFetchError, match="refused"):
+        ImageSource().fetch(str(root / "a.jpg"), None)
+
+
+# The HTTP surface -----------------------------------------------------------------------------------
+@pytest.fixture()
+def home(trained_home: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained home, so tests may publish versions into it."""
+    copy = tmp_path / "home"
+    shutil.copytree(trained_home / "models", copy / "models")
+    return copy
+
+
+def client_for(home: Path, **settings: object) -> FlaskClient:
+    return create_app(Settings(home=home, device="cpu", **settings)).test_client()
+
+
+def test_health_and_setup_report_the_current_version(home: Path) -> None:
+    client = client_for(home)
+    assert client.get("/health").json["status"] == "UP"
+    reply = client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG, "hostname": "http://x:1"})
+    assert reply.status_code == 200
+    assert reply.json == {"model_version": "v0001"}
+
+
+def test_setup_without_any_model_is_503_with_advice(tmp_path: Path) -> None:
+    reply = client_for(tmp_path).post("/setup", json={"project": "1.1", "schema": CONFIG})
+    assert reply.status_code == 503
+    assert "fracture-al train" in reply.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("{not json", "application/json"),
+        ("[1, 2]", "application/json"),
+        ('{"tasks": "x"}', "application/json"),
+        ('{"tasks": [{"id": 1}]}', "application/json"),
+        ('{"tasks": []}', "text/plain"),
+    ],
+)
+def test_malformed_predict_requests_get_400(home: Path, body: str, content_type: str) -> None:
+    reply = client_for(home).post("/predict", data=body, content_type=content_type)
+    assert reply.status_code == 400
+    assert reply.json["error"]
+
+
+def test_predict_answers_every_task_in_order_even_when_images_fail(
+    home: Path, file_server: FileServer, sample_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    local_root = tmp_path / "images"
+    local_root.mkdir()
+    shutil.copy(sorted((sample_dir / "images").glob("*.jpg"))[1], local_root / "local.jpg")
+    client = client_for(home, local_image_root=local_root)
+    client.post(
+        "/setup", json={"project": "1.17", "schema": CONFIG, "hostname": url_of(file_server), "access_token": TOKEN}
+    )
+    tasks = [
+        {"id": 11, "data": {"image": "/data/upload/1/xray.jpg"}},
+        {"id": 12, "data": {"image": "/data/upload/1/missing.jpg"}},
+        {"id": 13, "data": {"image": f"{url_of(file_server)}/corrupt.jpg"}},
+        {"id": 14, "data": {"image": "../../etc/passwd"}},
+        {"id": 15, "data": {"image": "http://203.0.113.9/x.jpg"}},
+        {"id": 16, "data": {}},
+        {"id": 17, "data": {"image": "local.jpg"}},
+    ]
+    reply = client.post("/predict", json={"tasks": tasks, "project": "1.17", "label_config": CONFIG})
+    assert reply.status_code == 200
+    results = reply.json["results"]
+    assert len(results) == len(tasks)
+    for index in (1, 2, 3, 4, 5):
+        assert results[index]["result"] == []
+    for index in (0, 6):
+        result = results[index]
+        assert result["model_version"] == "v0001"
+        assert 0.0 <= result["score"] <= 1.0
+        for region in result["result"]:  # threshold 0 in the config: every candidate box comes back
+            value = region["value"]
+            assert 0 <= value["x"] <= value["x"] + value["width"] <= 100.0001
+            assert 0 <= value["y"] <= value["y"] + value["height"] <= 100.0001
+            assert 0 <= region["score"] <= 1
+    for task_id in (12, 13, 14, 15, 16):
+        assert f"task {task_id}: no prediction" in caplog.text
+    assert TOKEN not in caplog.text
+
+
+def test_a_new_version_is_served_without_restart(home: Path, file_server: FileServer) -> None:
+    client = client_for(home)
+    client.post("/setup", json={"project": "1.1", "schema": CONFIG, "hostname": url_of(file_server)})
+    task = {"id": 1, "data": {"image": "/data/upload/1/xray.jpg"}}
+    assert (
+        client.post("/predict", json={"tasks": [task], "project": "1.1"}).json["results"][0]["model_version"] == "v0001"
+    )
+
+    store = ModelStore(home / "models")
+    with store.stage() as staged:
+        shutil.copytree(store.get("v0001").path, staged, dirs_exist_ok=True)
+        store.publish(staged)
+    assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).json["model_version"] == "v0002"
+    reply = client.post("/predict", json={"tasks": [task], "project": "1.1"})
+    assert reply.json["results"][0]["model_version"] == "v0002"
+
+
+def test_basic_auth(home: Path) -> None:
+    client = client_for(home, backend_basic_auth_user="ls", backend_basic_auth_password="s3cret")
+    assert client.get("/health").status_code == 401
+    wrong = base64.b64encode(b"ls:nope").decode()
+    assert client.get("/health", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    right = base64.b64encode(b"ls:s3cret").decode()
+    assert client.get("/health", headers={"Authorization": f"Basic {right}"}).status_code == 200
+
+
+def test_webhook_acknowledges_unknown_events_and_rejects_garbage(home: Path) -> None:
+    client = client_for(home)
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).status_code == 200
+    assert client.post("/webhook", data="nope", content_type="application/json").status_code == 400
