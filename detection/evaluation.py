@@ -86,8 +86,7 @@ def _coco_api(content: dict[str, Any]) -> COCO:
 def image_scores(predictions: Sequence[dict[str, Any]]) -> dict[int, float]:
     """Highest box score per image: the model's belief that the X-ray shows a fracture."""
     return {
-        prediction["image_id"]: float(np.max(prediction["scores"])) if len(prediction["scores"]) else 0.0
-        for prediction in predictions
+        prediction["image_id"]: float(np.asarray(prediction["scores"]).max(initial=0.0)) for prediction in predictions
     }
 
 

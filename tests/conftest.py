@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import os
+import secrets
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from fracture_al.settings import SAMPLE_DIR
+from integrations.label_studio_server import LabelStudioServer
 
 SHARED_FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"
 
@@ -38,7 +42,8 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> 
     home = tmp_path_factory.mktemp("home")
     splits = load_splits(sample_dir)
     outcome = fit(
-        ModelConfig(min_size=256, max_size=384),
+        # Every candidate box is kept, so a barely trained model still returns boxes to check.
+        ModelConfig(min_size=256, max_size=384, box_score_thresh=0.0),
         TrainConfig(epochs=2, batch_size=4, workers=0),
         splits["train"],
         splits["val"],
@@ -50,3 +55,27 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> 
         ModelStore(home / "models"), outcome, test_split=splits["test"], data_sources=data_sources(**splits)
     )
     return home
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A real Label Studio (its own virtualenv) on loopback, serving local files from ``local_files_root``."""
+    root = tmp_path_factory.mktemp("label-studio")
+    server = LabelStudioServer(
+        data_dir=root / "data",
+        port=free_port(),
+        username="annotator@example.org",
+        password="fracture-al-tests",
+        token=secrets.token_hex(20),
+        local_files_root=root / "files",
+    )
+    server.local_files_root.mkdir()
+    server.start(root / "label-studio.log")
+    yield server
+    server.stop()

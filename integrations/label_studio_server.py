@@ -1,0 +1,109 @@
+"""Starting a Label Studio server from its own virtualenv, on loopback.
+
+Label Studio pins redis, rq and Django versions that conflict with ours, so it lives in a separate
+virtualenv (``.venv-labelstudio``, made by ``make``) and is only ever spoken to over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+DEFAULT_VENV = Path(__file__).resolve().parents[1] / ".venv-labelstudio"
+
+
+class LabelStudioStartError(RuntimeError):
+    """Label Studio is not installed, its port is taken, or it did not become healthy in time."""
+
+
+@dataclass
+class LabelStudioServer:
+    data_dir: Path
+    port: int
+    username: str
+    password: str = field(repr=False)
+    token: str = field(repr=False)  # 40 hex characters: Label Studio's legacy API token
+    local_files_root: Path | None = None
+    venv: Path = DEFAULT_VENV
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def executable(self) -> Path:
+        return self.venv / "bin" / "label-studio"
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+            # Backends and webhooks on 127.0.0.1 are refused by default as "reserved addresses".
+            "ML_BLOCK_LOCAL_IP": "false",
+            "SSRF_PROTECTION_ENABLED": "false",
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+            "COLLECT_ANALYTICS": "false",
+            "LATEST_VERSION_CHECK": "false",
+        }
+        if self.local_files_root is not None:
+            env["LOCAL_FILES_SERVING_ENABLED"] = "true"
+            env["LOCAL_FILES_DOCUMENT_ROOT"] = str(self.local_files_root)
+        return env
+
+    def start(self, log_file: Path, *, timeout: float = 240.0) -> None:
+        if not self.executable.exists():
+            raise LabelStudioStartError(
+                f"Label Studio is not installed at {self.executable}: run `make labelstudio` "
+                "(it needs its own virtualenv), or point LABEL_STUDIO_URL at a running one"
+            )
+        if _answers(self.url):
+            raise LabelStudioStartError(f"port {self.port} is already in use: choose another one")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(self.executable), "start",
+            "--internal-host", "127.0.0.1", "--port", str(self.port), "--host", self.url,
+            "--no-browser", "--data-dir", str(self.data_dir),
+            "--username", self.username, "--password", self.password, "--user-token", self.token,
+            "--enable-legacy-api-token",
+        ]  # fmt: skip
+        with log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=self.environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.wait_healthy(timeout, log_file)
+
+    def wait_healthy(self, timeout: float, log_file: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise LabelStudioStartError(f"Label Studio exited with {self.process.returncode}; see {log_file}")
+            if _answers(f"{self.url}/health"):
+                return
+            time.sleep(1.0)
+        self.stop()
+        raise LabelStudioStartError(f"Label Studio did not answer within {timeout:.0f} s; see {log_file}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, 15)  # it forks helpers: end the whole session
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code < 500
+    except requests.RequestException:
+        return False
