@@ -10,19 +10,18 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from backend.predictions import PredictionService
 from backend.served_model import ServedModel
 from detection.store import ModelStore, ModelStoreError
 from detection.training import choose_device
 from fracture_al.settings import Settings
-from integrations.image_source import ImageSource, LabelStudioConnection
+from integrations.image_source import LabelStudioConnection
 from integrations.label_config import LabelConfigError
+from integrations.task_predictions import TaskPredictor
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +42,7 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     app = Flask(__name__)
     app.json.sort_keys = False
     served = ServedModel(ModelStore(settings.models_dir), choose_device(settings.device))
-    service = PredictionService(
-        image_source=ImageSource(
-            allowed_hosts=settings.allowed_image_hosts,
-            local_root=settings.local_image_root,
-            timeout=settings.image_fetch_timeout,
-            max_bytes=settings.max_image_bytes,
-            cache_bytes=settings.image_cache_bytes,
-        ),
-        default_threshold=settings.predict_score_threshold,
-        batch_size=settings.predict_batch_size,
-        fetch_pool=ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch"),
-        inference_lock=threading.Lock(),
-    )
+    service = TaskPredictor.from_settings(settings)
     projects = ProjectRegistry(settings)
     sink = event_sink or log_event
 
@@ -104,12 +91,13 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
             raise BadRequest("no 'label_config' in the request and none known from /setup for this project")
         try:
             predictor = served.predictor()
-            results = service.predict(tasks, label_config, predictor, projects.connection(project))
+            predictions = service.predict(tasks, label_config, predictor, projects.connection(project))
         except LabelConfigError as error:
             raise BadRequest(str(error)) from None
         except ModelStoreError as error:
             return _error(503, str(error))
-        return jsonify(results=results, model_version=predictor.version)
+        # A task whose image failed still gets its (empty) result: Label Studio wants one per task.
+        return jsonify(results=[p.to_label_studio() for p in predictions], model_version=predictor.version)
 
     @app.post("/webhook")
     def webhook() -> Response:

@@ -4,6 +4,7 @@ Layout under the store's root::
 
     versions/v0001/   model.pt, config.json, metrics.json, history.json, plots/*.png
     staging/          versions being written (never read by anyone else)
+    rejected/         candidates a quality gate turned down, with rejection.json
     CURRENT           the name of the version being served
 
 A version is written completely in ``staging/`` and then renamed into ``versions/`` in one
@@ -94,6 +95,7 @@ class ModelStore:
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
         self.staging_dir = self.root / "staging"
+        self.rejected_dir = self.root / "rejected"
         self.pointer = self.root / "CURRENT"
 
     # Reading -----------------------------------------------------------------------------------
@@ -163,6 +165,17 @@ class ModelStore:
         if make_current:
             self.promote(version.name)
         return version
+
+    def reject(self, staged: Path, reason: dict[str, Any]) -> Path:
+        """Keep a candidate that was not published, with its metrics and the reason, for inspection."""
+        write_json(staged / "rejection.json", reason)
+        self.rejected_dir.mkdir(parents=True, exist_ok=True)
+        target = self.rejected_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{staged.name}"
+        os.rename(staged, target)
+        return target
+
+    def rejected(self) -> list[Path]:
+        return sorted(self.rejected_dir.iterdir()) if self.rejected_dir.is_dir() else []
 
     def promote(self, name: str) -> ModelVersion:
         """Point CURRENT at ``name``; also how a rollback is done."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,16 @@ def publish_outcome(
     make_current: bool = True,
 ) -> ModelVersion:
     """Evaluate on the test split, write everything into staging, then publish in one rename."""
+    with staged_outcome(store, outcome, test_split=test_split, data_sources=data_sources) as staged:
+        return store.publish(staged, make_current=make_current)
+
+
+@contextlib.contextmanager
+def staged_outcome(
+    store: ModelStore, outcome: TrainingOutcome, *, test_split: DataSplit | None, data_sources: dict[str, Any]
+) -> Iterator[Path]:
+    """A staging folder holding the complete version (weights, config, metrics, plots); the caller
+    publishes or rejects it before the block ends, else it is removed."""
     with store.stage() as staged:
         save_model(outcome.model, outcome.model_config, staged / MODEL_FILE)
         metrics = {
@@ -55,7 +69,8 @@ def publish_outcome(
                 "python": platform.python_version(),
             },
         )
-        return store.publish(staged, make_current=make_current)
+        yield staged
+        shutil.rmtree(staged, ignore_errors=True)  # neither published nor rejected
 
 
 def grid_samples(split: DataSplit, predictions: list[dict[str, Any]]) -> list:

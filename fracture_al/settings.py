@@ -64,6 +64,30 @@ class Settings(BaseSettings):
     predict_score_threshold: float = 0.5
     predict_batch_size: int = 8
 
+    # Retraining on RQ workers. Queue names, job ids and our own Redis keys all start with
+    # `queue_prefix`, so several deployments (or test runs) can share one Redis.
+    queue_prefix: str = "fracture-al"
+    retrain_min_new_annotations: int = 10
+    retrain_epochs: int = 4
+    retrain_batch_size: int = 4
+    retrain_time_budget_minutes: float | None = None
+    retrain_job_timeout_seconds: int = 6 * 3600
+    job_retries: int = 2
+    # A fixed validation set (a data folder with val.json and images/); without it, the tasks whose
+    # data has `validation_field` == "val" are the validation set.
+    validation_data: Path | None = None
+    validation_field: str = "split"
+    gate_metric: str = "mAP50"
+    gate_min_delta: float = 0.0
+    scoring_chunk_size: int = 32
+    worker_job_monitoring_interval: int = 30
+    worker_maintenance_interval: int = 600
+
+    @property
+    def redis_file(self) -> Path:
+        """The embedded Redis's database file, used when no REDIS_URL is given."""
+        return self.home / "redis" / "fracture-al.rdb"
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"

@@ -1,0 +1,148 @@
+"""Talking to a Label Studio project through label-studio-sdk: export labels, list and fill tasks.
+
+Label Studio's own COCO export lists only annotated tasks, numbers categories from 0 (torchvision's
+background) and writes file names relative to the server's disk, so training sets are built from
+the JSON export instead: percent coordinates, every annotation with its state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+
+from detection.images import ImageLoadError, load_image
+from integrations.image_source import ImageFetchError
+from integrations.label_config import RectangleTarget
+from integrations.regions import percent_to_box
+
+log = logging.getLogger(__name__)
+
+
+def connect(url: str, api_key: str, *, timeout: float = 60.0) -> LabelStudio:
+    return LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+
+
+def export_annotated_tasks(client: LabelStudio, project_id: int) -> list[dict[str, Any]]:
+    """Every task with at least one annotation, in Label Studio's JSON export format."""
+    chunks = client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=False)
+    return json.loads(b"".join(chunks))
+
+
+def unlabelled_task_ids(client: LabelStudio, project_id: int) -> list[int]:
+    return [
+        task.id
+        for task in client.tasks.list(project=project_id, fields="task_only")
+        if not task.is_labeled and not (task.total_annotations or 0)
+    ]
+
+
+def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The annotation that counts for training: the most recently updated one not cancelled (skipped)."""
+    kept = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+    return max(kept, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id", 0)), default=None)
+
+
+def annotation_boxes(annotation: dict[str, Any], target: RectangleTarget, width: int, height: int) -> list[tuple]:
+    """``(label value, [x1, y1, x2, y2])`` per rectangle of ``target``'s control, in pixels."""
+    boxes = []
+    for region in annotation.get("result", []):
+        value = region.get("value", {})
+        if region.get("from_name") != target.from_name or not value.get("rectanglelabels"):
+            continue
+        box = percent_to_box(value, width, height)
+        if value.get("rotation"):
+            box = rotated_box_hull(box, value["rotation"])
+        x1, y1, x2, y2 = box
+        clipped = [max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)]
+        boxes.append((value["rectanglelabels"][0], clipped))
+    return boxes
+
+
+def rotated_box_hull(box: list[float], degrees: float) -> list[float]:
+    """Axis-aligned hull of a Label Studio rectangle rotated clockwise about its top-left corner."""
+    x1, y1, x2, y2 = box
+    angle = math.radians(degrees)
+    corners = [(0.0, 0.0), (x2 - x1, 0.0), (x2 - x1, y2 - y1), (0.0, y2 - y1)]
+    xs = [x1 + cx * math.cos(angle) - cy * math.sin(angle) for cx, cy in corners]
+    ys = [y1 + cx * math.sin(angle) + cy * math.cos(angle) for cx, cy in corners]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+@dataclass
+class ExportedDataset:
+    folder: Path
+    counts: dict[str, int]  # images per split
+    skipped: dict[int, str]  # task id -> why it was left out
+
+
+def write_coco_dataset(
+    tasks: Iterable[dict[str, Any]],
+    target: RectangleTarget,
+    fetch: Callable[[str], bytes],
+    folder: Path,
+    *,
+    split_of: Callable[[dict[str, Any]], str],
+) -> ExportedDataset:
+    """Turn exported tasks into ``folder/{train,val}.json`` and ``folder/images/task-<id>.png``.
+
+    An annotated task without boxes is a negative X-ray. Images are decoded and saved as PNG so the
+    boxes refer to exactly the pixels the trainer reads (EXIF rotation applied, 16-bit rescaled).
+    """
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    class_of_label = {label: name for name, label in target.label_of_class.items()}
+    class_names = sorted(target.label_of_class)
+    category_of = {name: index + 1 for index, name in enumerate(class_names)}
+    splits: dict[str, dict[str, list]] = {}
+    skipped: dict[int, str] = {}
+    for task in tasks:
+        annotation = latest_annotation(task)
+        if annotation is None:
+            skipped[task["id"]] = "only cancelled annotations"
+            continue
+        reference = task.get("data", {}).get(target.value_key)
+        try:
+            image = load_image(fetch(reference), name=str(reference))
+        except (ImageFetchError, ImageLoadError) as error:
+            skipped[task["id"]] = str(error)
+            log.warning("task %s left out of training: %s", task["id"], error)
+            continue
+        file_name = f"task-{task['id']}.png"
+        image.save(folder / "images" / file_name)
+        split = splits.setdefault(split_of(task), {"images": [], "annotations": []})
+        split["images"].append(
+            {"id": task["id"], "file_name": file_name, "width": image.width, "height": image.height,
+             "annotation_id": annotation.get("id")}
+        )  # fmt: skip
+        for label, (x1, y1, x2, y2) in annotation_boxes(annotation, target, image.width, image.height):
+            if label not in class_of_label:
+                continue
+            split["annotations"].append(
+                {"id": len(split["annotations"]) + 1, "image_id": task["id"],
+                 "category_id": category_of[class_of_label[label]], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                 "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+            )  # fmt: skip
+    categories = [{"id": category_of[name], "name": name} for name in class_names]
+    for name, content in splits.items():
+        (folder / f"{name}.json").write_text(json.dumps({**content, "categories": categories}))
+    return ExportedDataset(folder, {name: len(c["images"]) for name, c in splits.items()}, skipped)
+
+
+def write_predictions(client: LabelStudio, results: Iterable[tuple[int, dict[str, Any]]]) -> int:
+    """Store ``(task id, {"result", "score", "model_version"})`` pairs as Label Studio predictions."""
+    written = 0
+    for task_id, prediction in results:
+        client.predictions.create(
+            task=task_id,
+            result=prediction["result"],
+            score=prediction["score"],
+            model_version=prediction["model_version"],
+        )
+        written += 1
+    return written

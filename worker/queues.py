@@ -1,0 +1,117 @@
+"""Queues, and the coalescing rule that turns a burst of annotations into one retrain per project."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis import Redis, WatchError
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from fracture_al.settings import Settings
+
+QueueKind = Literal["training", "scoring"]
+WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def queue_name(settings: Settings, kind: QueueKind) -> str:
+    return f"{settings.queue_prefix}-{kind}"
+
+
+def get_queue(settings: Settings, kind: QueueKind, connection: Redis) -> Queue:
+    return Queue(queue_name(settings, kind), connection=connection)
+
+
+def retry_policy(settings: Settings) -> Retry | None:
+    return Retry(max=settings.job_retries, interval=[30, 120, 600]) if settings.job_retries else None
+
+
+@dataclass
+class RetrainRequest:
+    job_id: str | None
+    status: Literal["queued", "coalesced", "waiting"]
+    new_annotations: int
+
+
+class RetrainScheduler:
+    """Per project: counts annotations since the last retrain started, and keeps at most one
+    retrain waiting in the queue (a running one does not count: what arrives meanwhile queues the
+    next)."""
+
+    def __init__(self, settings: Settings, connection: Redis):
+        self.settings = settings
+        self.redis = connection
+
+    def _key(self, what: str, project_id: int) -> str:
+        return f"{self.settings.queue_prefix}:{what}:{project_id}"
+
+    def record_annotation(self, project_id: int) -> int:
+        return int(self.redis.incr(self._key("new-annotations", project_id)))
+
+    def new_annotations(self, project_id: int) -> int:
+        return int(self.redis.get(self._key("new-annotations", project_id)) or 0)
+
+    def request(self, project_id: int, *, reason: str, force: bool = False) -> RetrainRequest:
+        """Queue a retrain unless one is already waiting, or (without ``force``) too few labels are new."""
+        count = self.new_annotations(project_id)
+        if not force and count < self.settings.retrain_min_new_annotations:
+            return RetrainRequest(None, "waiting", count)
+        key = self._key("retrain-pending", project_id)
+        job_id = f"{self.settings.queue_prefix}-retrain-{project_id}-{uuid.uuid4().hex[:10]}"
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    pending = pipe.get(key)
+                    if pending and self._still_waiting(pending.decode()):
+                        pipe.unwatch()
+                        return RetrainRequest(pending.decode(), "coalesced", count)
+                    pipe.multi()
+                    pipe.set(key, job_id, ex=self.settings.retrain_job_timeout_seconds)
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue  # another request changed the key first: look again
+        get_queue(self.settings, "training", self.redis).enqueue(
+            "worker.jobs.retrain_project",
+            project_id,
+            job_id=job_id,
+            job_timeout=self.settings.retrain_job_timeout_seconds,
+            retry=retry_policy(self.settings),
+            result_ttl=7 * 86400,
+            failure_ttl=30 * 86400,
+            description=f"retrain project {project_id} ({reason})",
+            meta={"project": project_id, "reason": reason, "stage": "queued"},
+        )
+        return RetrainRequest(job_id, "queued", count)
+
+    def mark_started(self, project_id: int) -> None:
+        """Called by the retrain job as it starts: later annotations count towards the next one."""
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self._key("retrain-pending", project_id))
+            pipe.set(self._key("new-annotations", project_id), 0)
+            pipe.execute()
+
+    def _still_waiting(self, job_id: str) -> bool:
+        try:
+            return Job.fetch(job_id, connection=self.redis).get_status() in WAITING
+        except NoSuchJobError:
+            return False
+
+
+def enqueue_job(
+    settings: Settings, kind: QueueKind, connection: Redis, function: str, *args: Any, **options: Any
+) -> Job:
+    """Enqueue one of ``worker.jobs`` with the deployment's retry policy."""
+    return get_queue(settings, kind, connection).enqueue(
+        function,
+        *args,
+        job_id=f"{settings.queue_prefix}-{kind}-{uuid.uuid4().hex[:10]}",
+        retry=retry_policy(settings),
+        result_ttl=7 * 86400,
+        failure_ttl=30 * 86400,
+        **options,
+    )
