@@ -2,7 +2,8 @@
 
 Speaks the protocol Label Studio 1.23 uses (``docs`` of the project; observed, not guessed):
 ``GET /health`` and ``/``, ``POST /setup``, ``POST /predict``, ``POST /webhook``. It predicts with
-the model store's current version and never trains; webhook events go to an :class:`EventSink`.
+the model store's current version and never trains; webhook events go to an :class:`EventSink`,
+by default the retrain trigger that queues jobs for the RQ workers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fracture_al.settings import Settings
 from integrations.image_source import LabelStudioConnection
 from integrations.label_config import LabelConfigError
 from integrations.task_predictions import TaskPredictor
+from worker.triggers import RetrainTrigger
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,6 @@ class EventSink(Protocol):
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def log_event(event: dict[str, Any]) -> dict[str, Any]:
-    log.info("webhook %s (project %s)", event.get("action"), _project_id(event.get("project")))
-    return {"status": "ignored"}
-
-
 def create_app(settings: Settings | None = None, *, event_sink: EventSink | None = None) -> Flask:
     settings = settings or Settings()
     app = Flask(__name__)
@@ -44,7 +41,10 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     served = ServedModel(ModelStore(settings.models_dir), choose_device(settings.device))
     service = TaskPredictor.from_settings(settings)
     projects = ProjectRegistry(settings)
-    sink = event_sink or log_event
+    if event_sink is None:
+        trigger = RetrainTrigger(settings)
+        trigger.start_flushing()
+        event_sink = trigger
 
     @app.before_request
     def require_basic_auth() -> Response | None:
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
         body = _json_object()
         if not isinstance(body.get("action"), str):
             raise BadRequest("webhook body has no 'action'")
-        return jsonify(sink(body))
+        return jsonify(event_sink(body))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -253,6 +253,88 @@ def serve(context: click.Context, host: str | None, port: int | None, workers: i
     os.execvpe(command[0], command, env)
 
 
+# Retraining workers ---------------------------------------------------------------------------------
+@main.command()
+@click.option("--queues", default="training,scoring", show_default=True, help="Comma-separated queue kinds.")
+@click.option("--gpu", default=None, help="Pin this worker to one GPU (sets CUDA_VISIBLE_DEVICES).")
+@click.option("--name", default=None, help="Worker name (default: host and pid).")
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
+@click.pass_context
+def worker(context: click.Context, queues: str, gpu: str | None, name: str | None, burst: bool) -> None:
+    """Run an RQ worker for the retraining and scoring queues."""
+    from rq import Worker
+
+    from worker.connection import connect
+    from worker.queues import get_queue
+
+    settings = settings_of(context)
+    # Jobs run in forked work-horses that build their own Settings: pass the choices on.
+    os.environ["FRACTURE_AL_HOME"] = str(settings.home)
+    os.environ["FRACTURE_AL_DEVICE"] = settings.device
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    connection = _redis(settings, connect)
+    kinds = [kind.strip() for kind in queues.split(",") if kind.strip()]
+    unknown = set(kinds) - {"training", "scoring"}
+    if unknown:
+        raise CliError(f"unknown queue kinds {sorted(unknown)}; use training and/or scoring")
+    rq_worker = Worker(
+        [get_queue(settings, kind, connection) for kind in kinds],
+        connection=connection,
+        name=name,
+        job_monitoring_interval=settings.worker_job_monitoring_interval,
+        maintenance_interval=settings.worker_maintenance_interval,
+    )
+    console.print(
+        f"worker {rq_worker.name} on {', '.join(q.name for q in rq_worker.queues)} (device {settings.device})"
+    )
+    rq_worker.work(burst=burst, with_scheduler=True)
+
+
+@main.command()
+@click.option("--project", "project_id", type=int, required=True, help="Label Studio project id.")
+@click.pass_context
+def retrain(context: click.Context, project_id: int) -> None:
+    """Queue a retrain of PROJECT now (coalesced with one already waiting)."""
+    from worker.connection import connect
+    from worker.queues import RetrainScheduler
+
+    settings = settings_of(context)
+    request = RetrainScheduler(settings, _redis(settings, connect)).request(project_id, reason="manual", force=True)
+    console.print(f"retrain of project {project_id}: {request.status} as job {request.job_id}")
+
+
+@main.command()
+@click.option("--limit", type=int, default=20, show_default=True, help="Jobs shown per state.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs(context: click.Context, limit: int, as_json: bool) -> None:
+    """Queued, running, finished and failed jobs, with their progress and errors."""
+    from worker.connection import connect
+    from worker.status import job_rows
+
+    settings = settings_of(context)
+    rows = job_rows(settings, _redis(settings, connect), limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table("state", "job", "what", "progress", "ended / error", title="fracture-al jobs")
+    for row in rows:
+        table.add_row(row["state"], row["id"], row["description"], row["progress"], row["outcome"])
+    console.print(table)
+
+
+def _redis(settings: Settings, connect):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    connection = connect(settings)
+    try:
+        connection.ping()
+    except RedisConnectionError as error:
+        raise CliError(f"Redis at {settings.redis_url or settings.redis_file} is unreachable ({error})") from error
+    return connection
+
+
 # Model store ----------------------------------------------------------------------------------------
 @main.group()
 def models() -> None:

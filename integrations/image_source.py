@@ -23,6 +23,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 from cachetools import LRUCache
 
+from fracture_al.settings import Settings
+
 
 class ImageFetchError(ValueError):
     """A task image that was refused or could not be fetched."""
@@ -56,6 +58,16 @@ class ImageSource:
         self._cache: LRUCache[str, bytes] = LRUCache(maxsize=cache_bytes, getsizeof=len)
         self._lock = threading.Lock()
         self._session = requests.Session()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageSource:
+        return cls(
+            allowed_hosts=settings.allowed_image_hosts,
+            local_root=settings.local_image_root,
+            timeout=settings.image_fetch_timeout,
+            max_bytes=settings.max_image_bytes,
+            cache_bytes=settings.image_cache_bytes,
+        )
 
     def fetch(self, reference: str, connection: LabelStudioConnection | None) -> bytes:
         """The bytes of the image a task refers to."""

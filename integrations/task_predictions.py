@@ -47,13 +47,7 @@ class TaskPredictor:
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskPredictor:
         return cls(
-            image_source=ImageSource(
-                allowed_hosts=settings.allowed_image_hosts,
-                local_root=settings.local_image_root,
-                timeout=settings.image_fetch_timeout,
-                max_bytes=settings.max_image_bytes,
-                cache_bytes=settings.image_cache_bytes,
-            ),
+            image_source=ImageSource.from_settings(settings),
             default_threshold=settings.predict_score_threshold,
             batch_size=settings.predict_batch_size,
             fetch_pool=ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch"),

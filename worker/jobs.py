@@ -1,0 +1,196 @@
+"""The jobs RQ workers run: plain functions of plain arguments, configured by the worker's Settings.
+
+``retrain_project``: export a project's labels, warm-start from the served model, train, gate,
+publish; then ``refresh_predictions`` fans the project's unlabelled tasks out over ``score_tasks``
+jobs that write the new version's predictions back to Label Studio.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rq import get_current_job
+from rq.job import Job
+
+from detection.model import ModelConfig
+from detection.predictor import Predictor
+from detection.store import ModelStore, load_model
+from detection.training import DataSplit, Initialisation, TrainConfig, choose_device, evaluate_split, fit, load_splits
+from detection.versioning import data_sources, staged_outcome
+from fracture_al.settings import Settings
+from integrations import label_studio
+from integrations.image_source import ImageSource, LabelStudioConnection
+from integrations.label_config import rectangle_target
+from integrations.task_predictions import TaskPredictor
+from worker.gate import quality_gate
+from worker.queues import RetrainScheduler, enqueue_job
+
+log = logging.getLogger(__name__)
+
+
+class JobProgress:
+    """Progress in the job's meta (what `fracture-al jobs` shows), saved at most every few seconds."""
+
+    def __init__(self, job: Job | None, every_seconds: float = 2.0):
+        self.job = job
+        self.every_seconds = every_seconds
+        self._saved_at = 0.0
+
+    def update(self, *, force: bool = False, **values: Any) -> None:
+        if self.job is None:
+            return
+        self.job.meta.update(values)
+        if force or time.monotonic() - self._saved_at >= self.every_seconds:
+            self.job.save_meta()
+            self._saved_at = time.monotonic()
+
+    def iteration(self, info: dict[str, Any]) -> None:
+        self.update(stage="train", **{k: round(v, 5) if isinstance(v, float) else v for k, v in info.items()})
+
+
+def label_studio_client(settings: Settings):
+    if not settings.label_studio_url or settings.label_studio_api_key is None:
+        raise RuntimeError("the worker needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to reach Label Studio")
+    return label_studio.connect(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
+
+
+def label_studio_connection(settings: Settings) -> LabelStudioConnection:
+    return LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
+
+
+def retrain_project(project_id: int) -> dict[str, Any]:
+    """Retrain on the project's latest labels and publish the result if it passes the gate."""
+    settings = Settings()
+    job = get_current_job()
+    progress = JobProgress(job)
+    if job is not None:
+        RetrainScheduler(settings, job.connection).mark_started(project_id)
+    progress.update(stage="export", force=True)
+
+    client = label_studio_client(settings)
+    store = ModelStore(settings.models_dir)
+    current = store.current() if store.current_name() else None
+    class_names = current.model_config.class_names if current else ModelConfig().class_names
+    project = client.projects.get(id=project_id)
+    target = rectangle_target(project.label_config, tuple(class_names))
+    # One folder per job id: a retried job finds its checkpoint there and resumes.
+    run_dir = settings.runs_dir / (job.id if job is not None else f"retrain-{project_id}-{time.time_ns()}")
+    source, connection = ImageSource.from_settings(settings), label_studio_connection(settings)
+    dataset = label_studio.write_coco_dataset(
+        label_studio.export_annotated_tasks(client, project_id),
+        target,
+        lambda reference: source.fetch(reference, connection),
+        run_dir / "data",
+        split_of=lambda task: "val" if task.get("data", {}).get(settings.validation_field) == "val" else "train",
+    )
+    if not dataset.counts.get("train"):
+        progress.update(stage="done", result="nothing to train on", force=True)
+        return {"status": "skipped", "reason": "no annotated training tasks", "skipped_tasks": dataset.skipped}
+
+    splits = load_splits(run_dir / "data")
+    validation = _validation_split(settings, splits, class_names)
+    device = choose_device(settings.device)
+    model_config = current.model_config if current else ModelConfig(class_names=class_names)
+    train_config = TrainConfig(
+        epochs=settings.retrain_epochs,
+        batch_size=settings.retrain_batch_size,
+        time_budget_minutes=settings.retrain_time_budget_minutes,
+        workers=0,
+        seed=settings.seed,
+    )
+    outcome = fit(
+        model_config,
+        train_config,
+        splits["train"],
+        validation,
+        run_dir,
+        device=device,
+        init=Initialisation(
+            model_file=current.weights_path if current else None,
+            weights_dirs=settings.weights_dirs,
+            allow_download=settings.allow_weight_download,
+        ),
+        resume=True,
+        on_iteration=progress.iteration,
+    )
+
+    progress.update(stage="gate", force=True)
+    current_metrics = None
+    if current is not None and validation is not None:
+        current_model, _ = load_model(current.weights_path, device)
+        current_metrics, _ = evaluate_split(current_model, validation, train_config, device, description="current")
+    decision = quality_gate(
+        outcome.epochs[-1] if validation is not None else None,
+        current_metrics,
+        metric=settings.gate_metric,
+        min_delta=settings.gate_min_delta,
+    )
+    sources = {**data_sources(train=splits["train"], val=validation), "label_studio_project": project_id}
+    with staged_outcome(store, outcome, test_split=None, data_sources=sources) as staged:
+        if not decision.passed:
+            kept = store.reject(staged, decision.to_dict())
+            progress.update(stage="done", result="rejected", reason=decision.reason, force=True)
+            return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept)}
+        version = store.publish(staged)
+
+    scoring = enqueue_job(settings, "scoring", job.connection, "worker.jobs.refresh_predictions", project_id,
+                          version.name) if job is not None else None  # fmt: skip
+    progress.update(stage="done", result="published", model_version=version.name, force=True)
+    return {
+        "status": "published",
+        "model_version": version.name,
+        "gate": decision.to_dict(),
+        "train_images": dataset.counts.get("train", 0),
+        "skipped_tasks": dataset.skipped,
+        "scoring_job": scoring.id if scoring is not None else None,
+    }
+
+
+def refresh_predictions(project_id: int, model_version: str) -> dict[str, Any]:
+    """Fan the project's unlabelled tasks out, in chunks, over ``score_tasks`` jobs on every worker."""
+    settings = Settings()
+    job = get_current_job()
+    task_ids = label_studio.unlabelled_task_ids(label_studio_client(settings), project_id)
+    size = settings.scoring_chunk_size
+    chunks = [task_ids[start : start + size] for start in range(0, len(task_ids), size)]
+    jobs = [
+        enqueue_job(settings, "scoring", job.connection, "worker.jobs.score_tasks", project_id, chunk, model_version)
+        for chunk in chunks
+    ]
+    return {"tasks": len(task_ids), "chunks": len(chunks), "jobs": [j.id for j in jobs]}
+
+
+def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dict[str, Any]:
+    """Predict these tasks with ``model_version`` and store the predictions in Label Studio."""
+    settings = Settings()
+    client = label_studio_client(settings)
+    predictor = Predictor.from_version(
+        ModelStore(settings.models_dir).get(model_version), choose_device(settings.device)
+    )
+    label_config = client.projects.get(id=project_id).label_config
+    # A retried chunk must not store a second prediction of the same version on a task.
+    tasks = [
+        {"id": task.id, "data": task.data}
+        for task in (client.tasks.get(id=task_id) for task_id in task_ids)
+        if not any(p.model_version == model_version for p in client.predictions.list(task=task.id))
+    ]
+    predictions = TaskPredictor.from_settings(settings).predict(
+        tasks, label_config, predictor, label_studio_connection(settings)
+    )
+    written = label_studio.write_predictions(
+        client, ((p.task_id, p.to_label_studio()) for p in predictions if p.error is None)
+    )
+    failed = {p.task_id: p.error for p in predictions if p.error is not None}
+    return {"written": written, "failed": failed, "already_done": len(task_ids) - len(tasks)}
+
+
+def _validation_split(
+    settings: Settings, splits: dict[str, DataSplit | None], class_names: list[str]
+) -> DataSplit | None:
+    """The operator's fixed validation set if configured, else the project's tasks marked "val"."""
+    if settings.validation_data is not None:
+        folder = settings.validation_data
+        return DataSplit.load(folder / "val.json", folder / "images", class_names)
+    return splits["val"]
