@@ -1,0 +1,204 @@
+"""The whole loop with real parts: Label Studio -> webhook -> Redis -> worker process -> new version
+served by the backend and written back to Label Studio; and a worker killed in the middle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from label_studio_sdk import LabelStudio
+from werkzeug.serving import make_server
+
+from backend.app import create_app
+from detection.store import ModelStore
+from fracture_al.settings import Settings
+from integrations.label_studio_server import LabelStudioServer
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image">
+    <Label value="Fracture" predicted_values="fracture"/>
+  </RectangleLabels>
+</View>"""
+BOX = {"x": 30, "y": 40, "width": 12, "height": 9, "rotation": 0, "rectanglelabels": ["Fracture"]}
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture()
+def home(trained_home: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "home"
+    shutil.copytree(trained_home / "models", copy / "models")
+    return copy
+
+
+def loop_environment(home: Path, redis_url: str, queue_prefix: str, label_studio: LabelStudioServer, **extra: str):
+    return {
+        **os.environ,
+        "FRACTURE_AL_HOME": str(home),
+        "FRACTURE_AL_DEVICE": "cpu",
+        "REDIS_URL": redis_url,
+        "FRACTURE_AL_QUEUE_PREFIX": queue_prefix,
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "FRACTURE_AL_WORKER_JOB_MONITORING_INTERVAL": "2",
+        **extra,
+    }
+
+
+@pytest.fixture()
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+
+    def start(env: dict[str, str], *args: str) -> subprocess.Popen:
+        log = (tmp_path / f"worker-{len(started)}.log").open("w")
+        process = subprocess.Popen([sys.executable, "-m", "fracture_al", "worker", *args], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def make_project(client: LabelStudio, label_studio: LabelStudioServer, sample_dir: Path, name: str) -> tuple[int, list]:
+    """A project of 8 sample X-rays in local-files storage; the 5th is marked as validation."""
+    project = client.projects.create(title=name, label_config=CONFIG)
+    folder = label_studio.local_files_root / name
+    folder.mkdir()
+    images = sorted((sample_dir / "images").glob("*.jpg"))[:8]
+    for path in images:
+        shutil.copy(path, folder)
+    client.import_storage.local.create(project=project.id, path=str(folder), use_blob_urls=True)
+    client.projects.import_tasks(
+        id=project.id,
+        request=[{"image": f"/data/local-files/?d={name}/{path.name}", **({"split": "val"} if i == 4 else {})}
+                 for i, path in enumerate(images)],
+    )  # fmt: skip
+    return project.id, sorted(client.tasks.list(project=project.id), key=lambda task: task.id)
+
+
+def annotate(client: LabelStudio, task_id: int, boxes: bool = True) -> None:
+    result = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": BOX}] if boxes else []
+    client.annotations.create(id=task_id, result=result, was_cancelled=False)
+
+
+def test_annotations_retrain_publish_and_refresh_predictions(
+    label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker
+) -> None:
+    env = loop_environment(home, redis_url, queue_prefix, label_studio, FRACTURE_AL_RETRAIN_EPOCHS="1",
+                           FRACTURE_AL_GATE_MIN_DELTA="-1", FRACTURE_AL_PREDICT_SCORE_THRESHOLD="0")  # fmt: skip
+    settings = Settings(home=home, device="cpu", redis_url=redis_url, queue_prefix=queue_prefix,
+                        retrain_min_new_annotations=5, predict_score_threshold=0.0)  # fmt: skip
+    app = create_app(settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    backend_url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+        project_id, tasks = make_project(client, label_studio, sample_dir, "loop")
+        client.ml.create(project=project_id, url=backend_url, title="fracture-al")
+        start_worker(env)
+
+        for index in range(5):  # 4 for training (one a negative) and the validation task
+            annotate(client, tasks[index].id, boxes=index != 2)
+
+        def served_version() -> str | None:
+            reply = requests.post(f"{backend_url}/setup", json={"project": f"{project_id}.0", "schema": CONFIG})
+            return reply.json()["model_version"] if reply.json()["model_version"] == "v0002" else None
+
+        wait_until(served_version, 420, "the retrained model v0002 to be served", every=2)
+        version = ModelStore(home / "models").get("v0002")
+        config = version.read_json("config.json")
+        assert config["data"]["train"]["count"] == 4 and config["data"]["val"]["count"] == 1
+        assert config["pretrained_from"].endswith("v0001/model.pt")  # warm-started from the served model
+
+        unlabelled = tasks[5:]
+        reply = requests.post(
+            f"{backend_url}/predict",
+            json={
+                "tasks": [{"id": t.id, "data": t.data} for t in unlabelled],
+                "project": f"{project_id}.0",
+                "label_config": CONFIG,
+            },
+        )
+        assert [r["model_version"] for r in reply.json()["results"]] == ["v0002"] * 3
+
+        def refreshed() -> bool:
+            return all(
+                any(p.model_version == "v0002" for p in client.predictions.list(task=task.id)) for task in unlabelled
+            )
+
+        wait_until(refreshed, 240, "predictions of v0002 on every unlabelled task", every=2)
+        for task in tasks[:5]:  # labelled tasks are not re-scored by the workers
+            assert not any(p.model_version == "v0002" for p in client.predictions.list(task=task.id))
+    finally:
+        server.shutdown()
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fracture_al", *args], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def job_state(env: dict[str, str], job_id: str) -> dict[str, Any] | None:
+    rows = json.loads(cli(env, "jobs", "--json").stdout)
+    return next((row for row in rows if row["id"] == job_id), None)
+
+
+def test_worker_killed_mid_training_publishes_nothing_and_the_job_is_reported(
+    label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker
+) -> None:
+    env = loop_environment(home, redis_url, queue_prefix, label_studio, FRACTURE_AL_RETRAIN_EPOCHS="500",
+                           FRACTURE_AL_JOB_RETRIES="0")  # fmt: skip
+    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    project_id, tasks = make_project(client, label_studio, sample_dir, "killed")
+    for task in tasks[:4]:
+        annotate(client, task.id)
+    queued = cli(env, "retrain", "--project", str(project_id))
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.split("job ")[-1].split()[0]
+
+    worker = start_worker(env)
+    wait_until(lambda: (job_state(env, job_id) or {}).get("meta", {}).get("iteration", 0) >= 1, 240,
+               "the job to be training", every=2)  # fmt: skip
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work-horse die at once
+    worker.wait()
+
+    store = ModelStore(home / "models")
+    assert [v.name for v in store.list()] == ["v0001"]
+    assert store.current_name() == "v0001"
+    assert job_state(env, job_id)["state"] == "running"  # not dropped: RQ still holds it as started
+
+    # Once the dead worker's heartbeat lapses (monitoring interval 2 s + RQ's 60 s), the next worker's
+    # maintenance finds the abandoned job; with no retries left it is reported failed.
+    time.sleep(65)
+    start_worker(env, "--burst").wait(timeout=120)
+    failed = job_state(env, job_id)
+    assert failed["state"] == "failed", failed
+    assert "Abandoned" in failed["outcome"] or "abandoned" in json.dumps(failed).lower()
+    assert [v.name for v in store.list()] == ["v0001"]
