@@ -49,8 +49,7 @@ def model_store(settings: Settings):
 
 
 # Training and evaluation -------------------------------------------------------------------------
-@main.command()
-@click.option(
+data_option = click.option(
     "--data",
     "data_dir",
     type=click.Path(path_type=Path, exists=True, file_okay=False),
@@ -58,6 +57,10 @@ def model_store(settings: Settings):
     show_default="the bundled sample X-rays",
     help="Folder with train.json, val.json, test.json, images/.",
 )
+
+
+@main.command()
+@data_option
 @click.option("--arch", default=None, help="Architecture (default: mobilenet_v2_fpn, offline).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
@@ -136,13 +139,7 @@ def train(
 
 @main.command()
 @click.option("--model", "model_name", default=None, help="Model version (default: current).")
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    default=SAMPLE_DIR,
-    show_default="the bundled sample X-rays",
-)
+@data_option
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option(
     "--image-threshold",
