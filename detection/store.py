@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -137,12 +138,21 @@ class ModelStore:
     def stage(self) -> Iterator[Path]:
         """A private directory to write a version into; removed if the block fails."""
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.staging_dir))
+        self._remove_dead_writers_debris()
+        path = Path(tempfile.mkdtemp(prefix=f"{socket.gethostname()}-{os.getpid()}-", dir=self.staging_dir))
         try:
             yield path
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+
+    def _remove_dead_writers_debris(self) -> None:
+        """Staging folders of processes on this host that died mid-write (a killed worker)."""
+        for entry in self.staging_dir.iterdir():
+            # "<host>-<pid>-<random>": mkdtemp's random part has no "-", a host name may.
+            host, pid, _ = ([*entry.name.rsplit("-", 2), "", ""])[:3]
+            if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
 
     def publish(self, staged: Path, *, make_current: bool = True) -> ModelVersion:
         """Move a fully written staging directory into place under the next free version number."""
@@ -187,11 +197,23 @@ class ModelStore:
         return version
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*"), reverse=True):
         if path.is_file():
             with path.open("rb") as stream:
                 os.fsync(stream.fileno())
+        elif path.is_dir():
+            _fsync_directory(path)
     _fsync_directory(root)
 
 

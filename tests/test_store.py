@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,22 @@ def test_concurrent_publishers_never_share_a_number(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     markers = sorted(v.metrics["marker"] for v in store.list())
     assert markers == sorted(f"m{i}" for i in range(12))
+
+
+def test_debris_of_a_killed_writer_is_cleared_but_live_writers_are_left_alone(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    finished = multiprocessing.get_context("spawn").Process(target=int)
+    finished.start()
+    finished.join()  # a pid that no longer runs, as after a SIGKILL
+    host = socket.gethostname()
+    dead = store.staging_dir / f"{host}-{finished.pid}-abc123"
+    alive = store.staging_dir / f"{host}-{os.getpid()}-def456"
+    elsewhere = store.staging_dir / f"another-host-{finished.pid}-ghi789"
+    for folder in (dead, alive, elsewhere):
+        folder.mkdir(parents=True)
+        (folder / MODEL_FILE).write_text("half")
+    with store.stage():
+        pass
+    assert not dead.exists()
+    assert alive.exists() and elsewhere.exists()
+    assert store.list() == []
