@@ -1,0 +1,100 @@
+"""Per-X-ray uncertainty of a fracture detector, from its box scores and its boxes under test-time
+augmentation. Pure functions over numbers: no model, no I/O.
+
+A detector with one foreground class scores each candidate box with p = P(fracture). Box-level
+uncertainties are aggregated over the image; an image with several mid-score candidates and no
+confident box comes out uncertain, while one with no candidates at all is a confident negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+Aggregation = Literal["max", "mean", "sum"]
+
+
+def least_confidence(scores: np.ndarray) -> np.ndarray:
+    """1 - max(p, 1 - p) per box, in [0, 0.5].
+
+    Lewis & Gale, "A sequential algorithm for training text classifiers", SIGIR 1994; for detection
+    as in Brust, Käding & Denzler, "Active Learning for Deep Object Detection", VISAPP 2019.
+    """
+    p = np.asarray(scores, dtype=float)
+    return 1.0 - np.maximum(p, 1.0 - p)
+
+
+def binary_entropy(scores: np.ndarray) -> np.ndarray:
+    """-p log2 p - (1-p) log2 (1-p) per box, in [0, 1].
+
+    Shannon entropy as an acquisition function: Settles, "Active Learning Literature Survey",
+    2009; per detection and aggregated over the image as in Roy, Unmesh & Namboodiri, "Deep active
+    learning for object detection", BMVC 2018.
+    """
+    p = np.clip(np.asarray(scores, dtype=float), 1e-12, 1 - 1e-12)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def margin(scores: np.ndarray) -> np.ndarray:
+    """1 - |p - (1 - p)| per box, in [0, 1]: how close the top two classes are.
+
+    Scheffer, Decomain & Wrobel, "Active hidden Markov models for information extraction", 2001
+    (margin sampling); used per box for detection by Brust et al., VISAPP 2019.
+    """
+    p = np.asarray(scores, dtype=float)
+    return 1.0 - np.abs(2.0 * p - 1.0)
+
+
+BOX_UNCERTAINTY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "least_confidence": least_confidence,
+    "entropy": binary_entropy,
+    "margin": margin,
+}
+
+
+def aggregate(values: np.ndarray, how: Aggregation) -> float:
+    """Box uncertainties to one image score; an image with no candidate boxes scores 0."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return 0.0
+    return float({"max": np.max, "mean": np.mean, "sum": np.sum}[how](values))
+
+
+def image_uncertainty(scores: np.ndarray, method: str = "entropy", how: Aggregation = "max") -> float:
+    if method not in BOX_UNCERTAINTY:
+        raise ValueError(f"unknown uncertainty {method!r}; choose one of {', '.join(BOX_UNCERTAINTY)}")
+    return aggregate(BOX_UNCERTAINTY[method](scores), how)
+
+
+def localization_instability(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    augmented: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    min_score: float = 0.1,
+) -> float:
+    """How much the confident boxes move or vanish under test-time augmentation, in [0, 1].
+
+    For every box scoring at least ``min_score`` on the original image, its best IoU with the boxes
+    predicted on each augmented view (already mapped back to original pixels); a box that vanishes
+    has IoU 0. The image score is the score-weighted mean of (1 - IoU) over boxes and views, or 0
+    without confident boxes. Consistency-based acquisition after Elezi et al., "Not all labels are
+    equal: rationalizing the labeling costs for training object detection", CVPR 2022, and Yu et
+    al., "Consistency-based Active Learning for Object Detection", CVPR Workshops 2022.
+    """
+    boxes, scores = np.asarray(boxes, dtype=float).reshape(-1, 4), np.asarray(scores, dtype=float)
+    confident = scores >= min_score
+    if not confident.any() or not augmented:
+        return 0.0
+    reference = torch.as_tensor(boxes[confident])
+    weights = scores[confident]
+    instability = []
+    for view_boxes, _ in augmented:
+        view = torch.as_tensor(np.asarray(view_boxes, dtype=float).reshape(-1, 4))
+        best = box_iou(reference, view).max(dim=1).values.numpy() if len(view) else np.zeros(len(reference))
+        instability.append(float(np.sum(weights * (1.0 - best)) / np.sum(weights)))
+    return float(np.mean(instability))

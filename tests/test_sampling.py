@@ -1,0 +1,85 @@
+"""Uncertainty scores and batch selection on cases whose right answer is known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sampling.diversity import k_center_greedy, select_batch
+from sampling.uncertainty import (
+    binary_entropy,
+    image_uncertainty,
+    least_confidence,
+    localization_instability,
+    margin,
+)
+
+
+def test_box_uncertainties_peak_at_one_half_and_vanish_at_certainty() -> None:
+    scores = np.array([0.0, 0.1, 0.5, 0.9, 1.0])
+    for function, peak in ((least_confidence, 0.5), (binary_entropy, 1.0), (margin, 1.0)):
+        values = function(scores)
+        assert values[2] == pytest.approx(peak)
+        assert values[0] == pytest.approx(0.0, abs=1e-9) and values[4] == pytest.approx(0.0, abs=1e-9)
+        assert values[1] == pytest.approx(values[3])  # symmetric in p and 1 - p
+
+
+@pytest.mark.parametrize("method", ["least_confidence", "entropy", "margin"])
+def test_mid_score_candidates_make_an_x_ray_uncertain(method: str) -> None:
+    confident_fracture = np.array([0.97, 0.02])
+    confident_negative = np.array([])  # no candidate box at all
+    hesitant = np.array([0.45, 0.4, 0.55])  # no confident box, several mid-score candidates
+    ranking = sorted(
+        {"fracture": confident_fracture, "negative": confident_negative, "hesitant": hesitant}.items(),
+        key=lambda item: -image_uncertainty(item[1], method, "max"),
+    )
+    assert ranking[0][0] == "hesitant"
+    assert image_uncertainty(confident_negative, method) == 0.0
+
+
+def test_aggregations() -> None:
+    scores = np.array([0.5, 0.5, 0.99])
+    assert image_uncertainty(scores, "margin", "max") == pytest.approx(1.0)
+    assert image_uncertainty(scores, "margin", "sum") == pytest.approx(2.02)
+    assert image_uncertainty(scores, "margin", "mean") == pytest.approx(2.02 / 3)
+    with pytest.raises(ValueError, match="unknown uncertainty"):
+        image_uncertainty(scores, "vibes")
+
+
+def test_localization_instability() -> None:
+    boxes, scores = np.array([[10, 10, 50, 50]]), np.array([0.8])
+    stable = [(np.array([[10, 10, 50, 50]]), np.array([0.8]))] * 2
+    assert localization_instability(boxes, scores, stable) == pytest.approx(0.0)
+    vanished = [(np.zeros((0, 4)), np.zeros(0)), (np.array([[10, 10, 50, 50]]), np.array([0.7]))]
+    assert localization_instability(boxes, scores, vanished) == pytest.approx(0.5)
+    moved = [(np.array([[30, 10, 70, 50]]), np.array([0.8]))]  # IoU = 800 / 2400 = 1/3
+    assert localization_instability(boxes, scores, moved) == pytest.approx(2 / 3)
+    assert localization_instability(boxes, np.array([0.05]), moved) == 0.0  # no confident box
+
+
+def test_k_center_never_takes_a_duplicate_while_anything_else_is_left() -> None:
+    rng = np.random.default_rng(0)
+    distinct = rng.normal(size=(6, 16))
+    embeddings = np.concatenate([distinct, distinct[:3], distinct[:3]])  # three copies of three X-rays
+    chosen = k_center_greedy(embeddings, 6, first=0)
+    assert len({tuple(embeddings[i]) for i in chosen}) == 6
+
+
+@pytest.mark.parametrize("strategy", ["k_center", "kmeans_pp"])
+def test_diverse_batch_skips_near_copies_of_the_most_uncertain_x_ray(strategy: str) -> None:
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(40, 8))
+    uncertainty = rng.uniform(0.0, 0.5, size=40)
+    embeddings[1:5] = embeddings[0]  # four exact copies of X-ray 0 ...
+    uncertainty[0:5] = [0.99, 0.98, 0.97, 0.96, 0.95]  # ... all at the top of the uncertainty ranking
+    plain = select_batch(uncertainty, embeddings, 5, strategy="uncertainty")
+    assert plain == [0, 1, 2, 3, 4]
+    diverse = select_batch(uncertainty, embeddings, 5, strategy=strategy, seed=3)
+    assert len(diverse) == 5
+    assert len({tuple(embeddings[i]) for i in diverse}) == 5  # no two copies of one X-ray
+    assert select_batch(uncertainty, embeddings, 5, strategy=strategy, seed=3) == diverse  # reproducible
+
+
+def test_unknown_strategy() -> None:
+    with pytest.raises(ValueError, match="unknown strategy"):
+        select_batch(np.ones(10), np.ones((10, 2)), 2, strategy="magic")
