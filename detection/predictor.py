@@ -67,11 +67,51 @@ class Predictor:
         results: list[ImagePrediction] = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            tensors = [F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True).to(self.device) for image in batch]
+            tensors = [self._tensor(image) for image in batch]
             with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
                 outputs = self.model(tensors)
             results.extend(self._to_prediction(image, output) for image, output in zip(batch, outputs, strict=True))
         return results
+
+    @torch.inference_mode()
+    def predict_augmented(
+        self, images: Sequence[Image.Image], *, rescale: float = 0.8, batch_size: int = 8
+    ) -> list[list[ImagePrediction]]:
+        """Each image's predictions on a horizontally flipped and on a rescaled view, with the boxes
+        mapped back onto the original pixels (for consistency-based uncertainty).
+
+        The detector resizes every input to its own ``min_size``, so the rescaled view is made by
+        changing that target size for the pass, not by resizing the image."""
+        flipped = self.predict([F.horizontal_flip(image) for image in images], batch_size=batch_size)
+        for prediction in flipped:
+            prediction.boxes[:, [0, 2]] = prediction.width - prediction.boxes[:, [2, 0]]
+        transform = self.model.transform
+        original_sizes = (transform.min_size, transform.max_size)
+        try:
+            transform.min_size = tuple(int(size * rescale) for size in transform.min_size)
+            transform.max_size = int(transform.max_size * rescale)
+            rescaled = self.predict(images, batch_size=batch_size)
+        finally:
+            transform.min_size, transform.max_size = original_sizes
+        return [list(views) for views in zip(flipped, rescaled, strict=True)]
+
+    @torch.inference_mode()
+    def embed(self, images: Sequence[Image.Image], *, batch_size: int = 8) -> np.ndarray:
+        """One vector per image: the coarsest FPN map of the backbone, averaged over space.
+
+        What the detector itself sees, so near-copies of one radiograph land close together; used
+        for diverse batch selection and FiftyOne's embedding views (no download needed)."""
+        vectors = []
+        for start in range(0, len(images), batch_size):
+            tensors = [self._tensor(image) for image in images[start : start + batch_size]]
+            batch, _ = self.model.transform(tensors)
+            features = self.model.backbone(batch.tensors)
+            coarsest = [key for key in features if key != "pool"][-1]
+            vectors.append(features[coarsest].float().mean(dim=(2, 3)).cpu().numpy())
+        return np.concatenate(vectors) if vectors else np.zeros((0, self.model.backbone.out_channels))
+
+    def _tensor(self, image: Image.Image) -> torch.Tensor:
+        return F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True).to(self.device)
 
     def _to_prediction(self, image: Image.Image, output: dict[str, torch.Tensor]) -> ImagePrediction:
         labels = output["labels"].cpu().tolist()
