@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core.api_error import ApiError
 
 from detection.images import ImageLoadError, load_image
 from integrations.image_source import ImageFetchError
@@ -25,8 +27,22 @@ from integrations.regions import percent_to_box
 log = logging.getLogger(__name__)
 
 
+class LabelStudioUnavailableError(ConnectionError):
+    """Label Studio cannot be reached, or refuses the API key."""
+
+
 def connect(url: str, api_key: str, *, timeout: float = 60.0) -> LabelStudio:
-    return LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+    """An SDK client, checked with one cheap call so that a wrong URL or key fails here, clearly."""
+    client = LabelStudio(base_url=url, api_key=api_key, timeout=timeout)
+    try:
+        client.users.whoami()
+    except httpx.HTTPError as error:
+        raise LabelStudioUnavailableError(f"Label Studio at {url} is unreachable ({type(error).__name__})") from None
+    except ApiError as error:
+        raise LabelStudioUnavailableError(
+            f"Label Studio at {url} refused the API key (HTTP {error.status_code}): check LABEL_STUDIO_API_KEY"
+        ) from None
+    return client
 
 
 def export_annotated_tasks(client: LabelStudio, project_id: int) -> list[dict[str, Any]]:

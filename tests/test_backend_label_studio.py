@@ -135,3 +135,11 @@ def test_label_studio_stores_our_predictions_and_sends_annotations_back(
     event = sink.wait_for("ANNOTATION_CREATED")
     assert event["annotation"]["task"] == annotated.id
     assert event["project"]["id"] == project.id
+
+
+def test_a_wrong_api_key_is_named_as_such(label_studio: LabelStudioServer) -> None:
+    from integrations.label_studio import LabelStudioUnavailableError, connect
+
+    with pytest.raises(LabelStudioUnavailableError, match="refused the API key"):
+        connect(label_studio.url, "f" * 40)
+    assert connect(label_studio.url, label_studio.token) is not None

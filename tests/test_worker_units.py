@@ -153,3 +153,10 @@ def test_export_to_coco(tmp_path: Path, sample_dir: Path) -> None:
     val = json.loads((tmp_path / "val.json").read_text())
     assert val["annotations"] == [] and len(val["images"]) == 1  # kept as a negative
     assert (tmp_path / "images" / "task-1.png").is_file()
+
+
+def test_label_studio_down_is_a_clear_error() -> None:
+    from integrations.label_studio import LabelStudioUnavailableError, connect
+
+    with pytest.raises(LabelStudioUnavailableError, match=r"Label Studio at http://127.0.0.1:1 is unreachable"):
+        connect("http://127.0.0.1:1", "0" * 40, timeout=5)
