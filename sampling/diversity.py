@@ -66,3 +66,25 @@ def select_batch(
         raise ValueError(f"unknown strategy {strategy!r}; choose uncertainty, k_center or kmeans_pp")
     chosen = [int(pool[i]) for i in picked]
     return sorted(chosen, key=lambda index: (-uncertainty[index], index))
+
+
+def review_order(
+    uncertainty: np.ndarray,
+    embeddings: np.ndarray | None,
+    *,
+    top_k: int,
+    strategy: Strategy = "k_center",
+    seed: int = 0,
+) -> list[int]:
+    """The whole pool in queue order: the diverse batch of ``top_k`` first, then every other X-ray
+    by decreasing uncertainty (ties by index)."""
+    uncertainty = np.asarray(uncertainty, dtype=float)
+    head = select_batch(uncertainty, embeddings, min(top_k, len(uncertainty)), strategy=strategy, seed=seed)
+    chosen = set(head)
+    rest = [int(i) for i in np.lexsort((np.arange(len(uncertainty)), -uncertainty)) if int(i) not in chosen]
+    return head + rest
+
+
+def random_order(count: int, seed: int) -> list[int]:
+    """The baseline every strategy is measured against: a seeded shuffle."""
+    return [int(i) for i in np.random.default_rng(seed).permutation(count)]

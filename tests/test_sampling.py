@@ -83,3 +83,15 @@ def test_diverse_batch_skips_near_copies_of_the_most_uncertain_x_ray(strategy: s
 def test_unknown_strategy() -> None:
     with pytest.raises(ValueError, match="unknown strategy"):
         select_batch(np.ones(10), np.ones((10, 2)), 2, strategy="magic")
+
+
+def test_review_order_puts_the_diverse_batch_first_then_the_rest_by_uncertainty() -> None:
+    from sampling.diversity import random_order, review_order
+
+    uncertainty = np.array([0.9, 0.89, 0.1, 0.5, 0.3])
+    embeddings = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [1.0, 0.0], [9.0, 9.0]])  # 1 copies 0
+    order = review_order(uncertainty, embeddings, top_k=2, strategy="k_center")
+    assert sorted(order) == [0, 1, 2, 3, 4]
+    assert order[0] == 0 and 1 not in order[:2]  # the copy of X-ray 0 waits
+    assert order[2:] == sorted(order[2:], key=lambda i: -uncertainty[i])
+    assert random_order(5, seed=4) == random_order(5, seed=4) != random_order(5, seed=5)
