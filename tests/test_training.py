@@ -90,3 +90,16 @@ def test_warm_start_begins_from_the_saved_model(trained_home: Path) -> None:
     model, _ = initial_model(version.model_config, Initialisation(model_file=version.weights_path))
     saved = torch.load(version.weights_path, weights_only=True)["model"]
     assert all(torch.equal(model.state_dict()[key], value) for key, value in saved.items())
+
+
+def test_same_seed_same_run(sample_dir: Path, tmp_path: Path) -> None:
+    splits = load_splits(sample_dir)
+
+    def losses(seed: int, name: str) -> list[float]:
+        config = TrainConfig(epochs=1, batch_size=8, workers=0, seed=seed)
+        outcome = fit(SMALL, config, splits["train"], None, tmp_path / name, device=CPU, init=Initialisation())
+        return [row["loss"] for row in outcome.loss_log.iterations]
+
+    first = losses(7, "a")
+    assert losses(7, "b") == first  # same order, same augmentations, same numbers
+    assert losses(8, "c") != first
