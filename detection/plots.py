@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # workers and servers have no display
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from detection.engine import LOSS_NAMES
@@ -48,6 +49,7 @@ def plot_validation(epochs: Sequence[dict[str, Any]], path: Path) -> Path:
         if any(value is not None for value in values):
             axis.plot(numbers, [np.nan if v is None else v for v in values], marker="o", label=label)
     axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("validation metric")
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
