@@ -60,6 +60,13 @@ def stop(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).ok
+    except requests.RequestException:
+        return False
+
+
 def wait_until(condition, timeout: float, every: float = 1.0) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -170,7 +177,7 @@ def main() -> None:
                       work / f"backend-{size}.log"),
                 start([sys.executable, "-m", "fracture_al", "worker"], env, work / f"worker-{size}.log"),
             ]  # fmt: skip
-            wait_until(lambda: requests.get(f"http://127.0.0.1:{backend_port}/health", timeout=2).ok, 120)
+            wait_until(lambda: answers(f"http://127.0.0.1:{backend_port}/health"), 120)
             client = LabelStudio(base_url=server.url, api_key=server.token, timeout=120)
             result = run_size(size, args, client, server, f"http://127.0.0.1:{backend_port}", store, env)
             results.append(result)

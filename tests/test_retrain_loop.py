@@ -3,10 +3,10 @@ served by the backend and written back to Label Studio; and a worker killed in t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 from label_studio_sdk import LabelStudio
@@ -80,9 +81,23 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
 
     yield start
     for process in started:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        kill_tree(process)
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a worker and every process under it at once, as a crash would.
+
+    RQ forks each job into a work-horse that moves into a process group of its own, so killing the
+    worker's group alone would leave the training running."""
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(tree, timeout=30)
+    process.wait()
 
 
 def make_project(client: LabelStudio, label_studio: LabelStudioServer, sample_dir: Path, name: str) -> tuple[int, list]:
@@ -186,8 +201,10 @@ def test_worker_killed_mid_training_publishes_nothing_and_the_job_is_reported(
     worker = start_worker(env)
     wait_until(lambda: (job_state(env, job_id) or {}).get("meta", {}).get("iteration", 0) >= 1, 240,
                "the job to be training", every=2)  # fmt: skip
-    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work-horse die at once
-    worker.wait()
+    horses = psutil.Process(worker.pid).children(recursive=True)
+    assert horses, "the job should be running in a forked work-horse"
+    kill_tree(worker)  # the worker and its work-horse die at once
+    assert not any(horse.is_running() and horse.status() != psutil.STATUS_ZOMBIE for horse in horses)
 
     store = ModelStore(home / "models")
     assert [v.name for v in store.list()] == ["v0001"]
