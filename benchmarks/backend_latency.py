@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from rich.table import Table
 from detection.images import load_image
 from detection.predictor import Predictor
 from detection.store import ModelStore
+from integrations.loopback import free_port, wait_until_answering
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image"><Label value="fracture"/></RectangleLabels></View>"""
@@ -52,25 +52,14 @@ def serve_images(folder: Path) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_port}"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_backend(home: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "FRACTURE_AL_HOME": str(home), "FRACTURE_AL_DEVICE": "cpu"}
     process = subprocess.Popen(
         [sys.executable, "-m", "fracture_al", "serve", "--port", str(port), "--threads", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
-                return process
-        except requests.RequestException:
-            time.sleep(0.5)
+    if wait_until_answering(f"http://127.0.0.1:{port}/health", timeout=120, process=process):
+        return process
     process.kill()
     raise RuntimeError("backend did not start")
 

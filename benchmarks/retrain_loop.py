@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,17 +33,12 @@ from rich.table import Table
 from detection.data import CocoFile
 from detection.store import ModelStore
 from integrations.label_studio_server import LabelStudioServer
+from integrations.loopback import free_port, wait_until_answering
 from integrations.regions import box_to_percent
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image"><Label value="Fracture" predicted_values="fracture"/></RectangleLabels>
 </View>"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -58,13 +52,6 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-
-
-def answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).ok
-    except requests.RequestException:
-        return False
 
 
 def wait_until(condition, timeout: float, every: float = 1.0) -> float:
@@ -177,7 +164,8 @@ def main() -> None:
                       work / f"backend-{size}.log"),
                 start([sys.executable, "-m", "fracture_al", "worker"], env, work / f"worker-{size}.log"),
             ]  # fmt: skip
-            wait_until(lambda: answers(f"http://127.0.0.1:{backend_port}/health"), 120)
+            if not wait_until_answering(f"http://127.0.0.1:{backend_port}/health", timeout=120, process=processes[0]):
+                raise RuntimeError(f"the backend did not start; see {work / f'backend-{size}.log'}")
             client = LabelStudio(base_url=server.url, api_key=server.token, timeout=120)
             result = run_size(size, args, client, server, f"http://127.0.0.1:{backend_port}", store, env)
             results.append(result)

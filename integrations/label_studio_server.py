@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
+from integrations.loopback import answers, wait_until_answering
 
 DEFAULT_VENV = Path(__file__).resolve().parents[1] / ".venv-labelstudio"
 
@@ -64,7 +63,7 @@ class LabelStudioServer:
                 f"Label Studio is not installed at {self.executable}: run `make labelstudio` "
                 "(it needs its own virtualenv), or point LABEL_STUDIO_URL at a running one"
             )
-        if _answers(self.url):
+        if answers(self.url):
             raise LabelStudioStartError(f"port {self.port} is already in use: choose another one")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
@@ -81,13 +80,10 @@ class LabelStudioServer:
         self.wait_healthy(timeout, log_file)
 
     def wait_healthy(self, timeout: float, log_file: Path) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise LabelStudioStartError(f"Label Studio exited with {self.process.returncode}; see {log_file}")
-            if _answers(f"{self.url}/health"):
-                return
-            time.sleep(1.0)
+        if wait_until_answering(f"{self.url}/health", timeout=timeout, process=self.process):
+            return
+        if self.process is not None and self.process.poll() is not None:
+            raise LabelStudioStartError(f"Label Studio exited with {self.process.returncode}; see {log_file}")
         self.stop()
         raise LabelStudioStartError(f"Label Studio did not answer within {timeout:.0f} s; see {log_file}")
 
@@ -100,10 +96,3 @@ class LabelStudioServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, 9)
             self.process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code < 500
-    except requests.RequestException:
-        return False

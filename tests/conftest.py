@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 
 from fracture_al.settings import SAMPLE_DIR
 from integrations.label_studio_server import LabelStudioServer
+from integrations.loopback import free_port
 
 SHARED_FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"
 
@@ -55,12 +55,6 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> 
         ModelStore(home / "models"), outcome, test_split=splits["test"], data_sources=data_sources(**splits)
     )
     return home
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

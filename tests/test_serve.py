@@ -7,12 +7,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
-from tests.conftest import free_port
+from integrations.loopback import free_port, wait_until_answering
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image" model_score_threshold="0"><Label value="fracture"/></RectangleLabels>
@@ -34,15 +33,8 @@ def test_gunicorn_backend_serves_predictions_and_keeps_tokens_out_of_its_logs(
                                stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError(f"backend did not start:\n{log.read_text()}") from None
-                time.sleep(0.5)
+        if not wait_until_answering(f"{base}/health", timeout=90, process=process):
+            raise AssertionError(f"backend did not start:\n{log.read_text()}")
         setup = requests.post(f"{base}/setup", json={"project": "1.1", "schema": CONFIG, "hostname": "http://127.0.0.1:1",
                                                      "access_token": TOKEN}, timeout=10)  # fmt: skip
         assert setup.json() == {"model_version": "v0001"}

@@ -1,0 +1,35 @@
+"""Services on this machine's loopback: a free port, and whether (or once) a URL answers."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(url: str, *, timeout: float = 2.0) -> bool:
+    """Something serves HTTP at ``url`` (any answer below 500)."""
+    try:
+        return requests.get(url, timeout=timeout).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def wait_until_answering(url: str, *, timeout: float, process: subprocess.Popen | None = None) -> bool:
+    """Poll ``url`` until it answers; False once ``timeout`` passes or ``process`` has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answers(url):
+            return True
+        if process is not None and process.poll() is not None:
+            return False
+        time.sleep(0.5)
+    return False
