@@ -321,6 +321,73 @@ def jobs(context: click.Context, limit: int, as_json: bool) -> None:
     console.print(table)
 
 
+@main.command()
+@click.option("--project", "project_id", type=int, required=True, help="Label Studio project id.")
+@click.option("--strategy", type=click.Choice(["uncertainty", "k_center", "kmeans_pp"]), default=None,
+              help="Batch selection (FRACTURE_AL_QUEUE_STRATEGY).")  # fmt: skip
+@click.option("--uncertainty", type=click.Choice(["least_confidence", "entropy", "margin", "tta"]), default=None,
+              help="Acquisition score (FRACTURE_AL_QUEUE_UNCERTAINTY).")  # fmt: skip
+@click.option("--batch-size", type=int, default=None, help="X-rays at the top spread over embedding space.")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows shown (0 = all).")
+@click.option("--refresh", is_flag=True, help="Queue a re-scoring of the project with the current model.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def queue(
+    context: click.Context,
+    project_id: int,
+    strategy: str | None,
+    uncertainty: str | None,
+    batch_size: int | None,
+    top: int,
+    refresh: bool,
+    as_json: bool,
+) -> None:
+    """The review queue of PROJECT: its unlabelled X-rays, the one to label first on top.
+
+    Shows the queue last written to Label Studio, ranked again from the same scores when another
+    --strategy, --uncertainty or --batch-size is asked for."""
+    from worker.connection import connect
+    from worker.queues import enqueue_job
+    from worker.review_queue import ReviewQueueStore, rank_options, rank_stored_signals
+
+    settings = settings_of(context)
+    connection = _redis(settings, connect)
+    if refresh:
+        version = _resolve_version(settings, None).name
+        job = enqueue_job(settings, "scoring", connection, "worker.jobs.refresh_predictions", project_id, version,
+                          description=f"score project {project_id} with {version}")  # fmt: skip
+        console.print(f"scoring of project {project_id} with {version} queued as job {job.id}")
+        return
+    store = ReviewQueueStore(settings, connection)
+    ranking = store.ranking(project_id)
+    if ranking is None:
+        raise CliError(
+            f"project {project_id} has no review queue yet: it is ranked after each new model version, "
+            f"or run `fracture-al queue --project {project_id} --refresh` with a worker running"
+        )
+    options = rank_options(settings, strategy=strategy, uncertainty=uncertainty, batch_size=batch_size)
+    entries = ranking["entries"]
+    if options != ranking["options"]:
+        pool = {entry["task_id"] for entry in entries}
+        try:
+            ranked = rank_stored_signals(store, project_id, ranking["model_version"], pool, options)
+        except ValueError as error:
+            raise CliError(str(error)) from error
+        entries = [entry.to_dict() for entry in ranked]
+    shown = entries[:top] if top else entries
+    if as_json:
+        payload = {"project": project_id, "model_version": ranking["model_version"], "options": options}
+        click.echo(json.dumps({**payload, "total": len(entries), "entries": shown}, indent=2))
+        return
+    title = f"review queue of project {project_id} ({ranking['model_version']}, {options['uncertainty']}, " \
+            f"{options['strategy']}): {len(entries)} unlabelled X-rays"  # fmt: skip
+    table = Table("rank", "task", "uncertainty", "prediction score", title=title)
+    for entry in shown:
+        table.add_row(str(entry["rank"]), str(entry["task_id"]), f"{entry['uncertainty']:.4f}",
+                      f"{entry['queue_score']:.4f}")  # fmt: skip
+    console.print(table)
+
+
 def _redis(settings: Settings, connect):
     from redis.exceptions import ConnectionError as RedisConnectionError
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sampling.choices import Aggregation, Strategy, Uncertainty
+
 SAMPLE_DIR = Path(__file__).parent / "sample"
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -80,6 +82,12 @@ class Settings(BaseSettings):
     gate_metric: str = "mAP50"
     gate_min_delta: float = 0.0
     scoring_chunk_size: int = 32
+    # The review queue (see sampling/queue.py): how unlabelled X-rays are ranked after each scoring.
+    score_with_tta: bool = True
+    queue_uncertainty: Uncertainty = "entropy"
+    queue_aggregation: Aggregation = "max"
+    queue_strategy: Strategy = "k_center"
+    queue_batch_size: int = 20  # how many X-rays at the top are spread over embedding space
     worker_job_monitoring_interval: int = 30
     worker_maintenance_interval: int = 600
 

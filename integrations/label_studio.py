@@ -23,6 +23,7 @@ from detection.images import ImageLoadError, load_image
 from integrations.image_source import ImageFetchError
 from integrations.label_config import RectangleTarget
 from integrations.regions import percent_to_box
+from sampling.queue import QueueEntry
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +163,55 @@ def write_predictions(client: LabelStudio, results: Iterable[tuple[int, dict[str
         )
         written += 1
     return written
+
+
+REVIEW_RANK_FIELD = "review_rank"
+REVIEW_UNCERTAINTY_FIELD = "review_uncertainty"
+
+
+def write_review_queue(client: LabelStudio, project_id: int, model_version: str, entries: list[QueueEntry]) -> int:
+    """Write each entry's place in the queue onto its task, where annotators see and sort by it.
+
+    The Data Manager's "Prediction score" of a task averages the scores of its predictions of the
+    project's model version (or, with the model-version dropdown feature on, of the ML backend's),
+    and is empty for a project without a model version. So ``model_version`` becomes the project's
+    model version, and every prediction on the task gets the entry's queue score: the column then
+    sorts the tasks in queue order whichever version it counts. The task's data gets the rank and
+    the uncertainty as columns of their own."""
+    client.projects.update(id=project_id, model_version=model_version)
+    predictions_of: dict[int, list[int]] = {}
+    for prediction in client.predictions.list(project=project_id):
+        predictions_of.setdefault(prediction.task, []).append(prediction.id)
+    data_of = {task.id: task.data for task in client.tasks.list(project=project_id, fields="task_only")}
+    written = 0
+    for entry in entries:
+        if entry.task_id not in data_of:
+            continue  # deleted since it was scored
+        for prediction_id in predictions_of.get(entry.task_id, []):
+            client.predictions.update(id=prediction_id, score=entry.queue_score)
+        ranked = {REVIEW_RANK_FIELD: entry.rank, REVIEW_UNCERTAINTY_FIELD: round(entry.uncertainty, 6)}
+        client.tasks.update(id=str(entry.task_id), data={**data_of[entry.task_id], **ranked})
+        written += 1
+    return written
+
+
+REVIEW_VIEW_TITLE = "Review queue"
+
+
+def ensure_review_queue_view(client: LabelStudio, project_id: int) -> int:
+    """The project's "Review queue" tab in the Data Manager: unlabelled tasks by ascending prediction
+    score, i.e. in queue order, so that "Label tasks as displayed" walks the queue. Created once,
+    reset to that filter and ordering on every call; returns its id."""
+    data = {
+        "title": REVIEW_VIEW_TITLE,
+        "ordering": ["tasks:predictions_score"],
+        "filters": {
+            "conjunction": "and",
+            "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+        },
+    }
+    for view in client.views.list(project=project_id):
+        if (view.data or {}).get("title") == REVIEW_VIEW_TITLE:
+            client.views.update(id=str(view.id), project=project_id, data={**view.data, **data})
+            return view.id
+    return client.views.create(project=project_id, data=data).id

@@ -14,11 +14,13 @@ from typing import Any
 from PIL import Image
 
 from detection.images import ImageLoadError, load_image
-from detection.predictor import Predictor
+from detection.predictor import ImagePrediction, Predictor
 from fracture_al.settings import Settings
 from integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection
 from integrations.label_config import RectangleTarget, rectangle_target
 from integrations.regions import prediction_regions
+from sampling.queue import TaskSignals
+from sampling.uncertainty import localization_instability
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class TaskPrediction:
     score: float  # the image score: the best box's score, before any display threshold
     regions: list[dict[str, Any]]
     error: str | None = None  # why the task has no prediction (image missing, refused, corrupt)
+    signals: TaskSignals | None = None  # what the review queue ranks by, when asked for
 
     def to_label_studio(self) -> dict[str, Any]:
         return {"model_version": self.model_version, "score": self.score, "result": self.regions}
@@ -40,6 +43,8 @@ class TaskPredictor:
     image_source: ImageSource
     default_threshold: float
     batch_size: int
+    # Localisation stability under test-time augmentation costs two more passes per image.
+    with_tta: bool
     fetch_pool: ThreadPoolExecutor
     # Inference runs one request at a time: parallel forward passes only fight over the cores.
     inference_lock: threading.Lock
@@ -50,6 +55,7 @@ class TaskPredictor:
             image_source=ImageSource.from_settings(settings),
             default_threshold=settings.predict_score_threshold,
             batch_size=settings.predict_batch_size,
+            with_tta=settings.score_with_tta,
             fetch_pool=ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch"),
             inference_lock=threading.Lock(),
         )
@@ -60,20 +66,24 @@ class TaskPredictor:
         label_config: str,
         predictor: Predictor,
         connection: LabelStudioConnection | None,
+        *,
+        measure: bool = False,
     ) -> list[TaskPrediction]:
+        """One prediction per task; with ``measure``, also the signals the review queue ranks by."""
         target = rectangle_target(label_config, tuple(predictor.config.class_names))
         threshold = target.score_threshold if target.score_threshold is not None else self.default_threshold
         loaded = list(self.fetch_pool.map(lambda task: self._load(task, target, connection), tasks))
+        images = [image for image in loaded if not isinstance(image, str)]
         with self.inference_lock:
-            predictions = iter(
-                predictor.predict([image for image in loaded if not isinstance(image, str)], batch_size=self.batch_size)
-            )
+            predicted = predictor.predict(images, batch_size=self.batch_size)
+            measured = self._measure(predictor, images, predicted) if measure else [(None, None)] * len(images)
+        predictions, measurements = iter(predicted), iter(measured)
         results = []
         for task, image in zip(tasks, loaded, strict=True):
             if isinstance(image, str):
                 results.append(TaskPrediction(task.get("id"), predictor.version, 0.0, [], error=image))
                 continue
-            prediction = next(predictions)
+            prediction, (instability, embedding) = next(predictions), next(measurements)
             regions = prediction_regions(
                 prediction.boxes,
                 prediction.scores,
@@ -83,8 +93,28 @@ class TaskPredictor:
                 target=target,
                 threshold=threshold,
             )
-            results.append(TaskPrediction(task.get("id"), predictor.version, prediction.image_score, regions))
+            signals = None
+            if measure:
+                box_scores = [float(score) for score in prediction.scores]
+                signals = TaskSignals(task.get("id"), box_scores, instability, embedding)
+            results.append(
+                TaskPrediction(task.get("id"), predictor.version, prediction.image_score, regions, signals=signals)
+            )
         return results
+
+    def _measure(
+        self, predictor: Predictor, images: list[Image.Image], predictions: list[ImagePrediction]
+    ) -> list[tuple[float | None, list[float]]]:
+        """(TTA instability or None, backbone embedding) per image."""
+        embeddings = predictor.embed(images, batch_size=self.batch_size)
+        if not self.with_tta:
+            return [(None, vector.tolist()) for vector in embeddings]
+        views = predictor.predict_augmented(images, batch_size=self.batch_size)
+        instabilities = [
+            localization_instability(p.boxes, p.scores, [(v.boxes, v.scores) for v in augmented])
+            for p, augmented in zip(predictions, views, strict=True)
+        ]
+        return [(value, vector.tolist()) for value, vector in zip(instabilities, embeddings, strict=True)]
 
     def _load(
         self, task: dict[str, Any], target: RectangleTarget, connection: LabelStudioConnection | None

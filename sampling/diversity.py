@@ -8,12 +8,10 @@ batch over embedding space.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
 
-Strategy = Literal["uncertainty", "k_center", "kmeans_pp"]
+from sampling.choices import Strategy
 
 
 def k_center_greedy(embeddings: np.ndarray, k: int, first: int) -> list[int]:

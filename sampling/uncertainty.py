@@ -9,13 +9,12 @@ confident box comes out uncertain, while one with no candidates at all is a conf
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-Aggregation = Literal["max", "mean", "sum"]
+from sampling.choices import Aggregation
 
 
 def least_confidence(scores: np.ndarray) -> np.ndarray:

@@ -219,3 +219,45 @@ def test_worker_killed_mid_training_publishes_nothing_and_the_job_is_reported(
     assert failed["state"] == "failed", failed
     assert "Abandoned" in failed["outcome"] or "abandoned" in json.dumps(failed).lower()
     assert [v.name for v in store.list()] == ["v0001"]
+
+
+def test_review_queue_written_to_label_studio_is_the_queue_the_cli_prints(
+    label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker
+) -> None:
+    env = loop_environment(home, redis_url, queue_prefix, label_studio, FRACTURE_AL_SCORING_CHUNK_SIZE="4",
+                           FRACTURE_AL_QUEUE_BATCH_SIZE="3")  # fmt: skip
+    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    project_id, tasks = make_project(client, label_studio, sample_dir, "queue")
+    for task in tasks[:2]:
+        annotate(client, task.id)
+    unranked = cli(env, "queue", "--project", str(project_id))
+    assert unranked.returncode == 1 and "no review queue yet" in unranked.stderr
+
+    assert cli(env, "queue", "--project", str(project_id), "--refresh").returncode == 0
+    start_worker(env, "--burst").wait(timeout=300)  # scores two chunks, then ranks once both have ended
+
+    printed = cli(env, "queue", "--project", str(project_id), "--json", "--top", "0")
+    assert printed.returncode == 0, printed.stderr
+    queue = json.loads(printed.stdout)
+    queued = [entry["task_id"] for entry in queue["entries"]]
+    assert queue["model_version"] == "v0001" and sorted(queued) == [task.id for task in tasks[2:]]
+
+    # Label Studio's own "Review queue" tab lists the tasks in exactly the printed order.
+    view = next(v for v in client.views.list(project=project_id) if v.data.get("title") == "Review queue")
+    assert [task.id for task in client.tasks.list(project=project_id, view=view.id)] == queued
+    for entry in queue["entries"]:
+        task = client.tasks.get(id=entry["task_id"])
+        assert task.data["review_rank"] == entry["rank"] and task.data["image"].endswith(".jpg")
+        assert [p.score for p in client.predictions.list(task=task.id)] == [pytest.approx(entry["queue_score"])]
+    for task in tasks[:2]:
+        assert "review_rank" not in client.tasks.get(id=task.id).data
+
+    # Past the diverse first batch the queue runs by decreasing uncertainty; ranked by uncertainty
+    # alone, all of it does.
+    rest = [entry["uncertainty"] for entry in queue["entries"][3:]]
+    assert rest == sorted(rest, reverse=True)
+    plain = json.loads(cli(env, "queue", "--project", str(project_id), "--strategy", "uncertainty", "--json",
+                           "--top", "0").stdout)  # fmt: skip
+    assert [e["uncertainty"] for e in plain["entries"]] == sorted((e["uncertainty"] for e in plain["entries"]),
+                                                                   reverse=True)  # fmt: skip
+    assert sorted(e["task_id"] for e in plain["entries"]) == sorted(queued)

@@ -95,3 +95,53 @@ def test_review_order_puts_the_diverse_batch_first_then_the_rest_by_uncertainty(
     assert order[0] == 0 and 1 not in order[:2]  # the copy of X-ray 0 waits
     assert order[2:] == sorted(order[2:], key=lambda i: -uncertainty[i])
     assert random_order(5, seed=4) == random_order(5, seed=4) != random_order(5, seed=5)
+
+
+def _signals(task_id: int, scores: list[float], instability: float | None = None, embedding=None):
+    from sampling.queue import TaskSignals
+
+    return TaskSignals(task_id, scores, instability, embedding)
+
+
+def test_queue_puts_the_hesitant_x_ray_first_and_maps_rank_to_an_ascending_score() -> None:
+    from sampling.queue import rank_tasks
+
+    signals = [
+        _signals(30, [0.98]),  # a confident fracture
+        _signals(10, []),  # a confident negative: no candidate box at all
+        _signals(20, [0.45, 0.52]),  # hesitant
+        _signals(40, [0.8, 0.3]),
+    ]
+    queue = rank_tasks(signals, uncertainty="entropy", strategy="uncertainty")
+    assert [entry.task_id for entry in queue] == [20, 40, 30, 10]
+    assert [entry.rank for entry in queue] == [1, 2, 3, 4]
+    scores = [entry.queue_score for entry in queue]
+    assert scores == sorted(scores) and scores[0] == 0.0 and scores[-1] < 1.0
+    assert rank_tasks(list(reversed(signals)), uncertainty="entropy", strategy="uncertainty") == queue
+
+
+def test_queue_spreads_its_first_batch_over_copies_of_one_x_ray() -> None:
+    from sampling.queue import rank_tasks
+
+    copy, other, third = [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]
+    signals = [
+        _signals(1, [0.5], embedding=copy),
+        _signals(2, [0.49], embedding=copy),  # the same radiograph re-exported
+        _signals(3, [0.3], embedding=other),
+        _signals(4, [0.1], embedding=third),
+    ]
+    plain = rank_tasks(signals, strategy="uncertainty", batch_size=2)
+    assert [e.task_id for e in plain][:2] == [1, 2]
+    diverse = rank_tasks(signals, strategy="k_center", batch_size=2)
+    first_two = [e.task_id for e in diverse][:2]
+    assert first_two[0] == 1 and 2 not in first_two
+    assert sorted(e.task_id for e in diverse) == [1, 2, 3, 4]
+
+
+def test_queue_by_tta_instability_and_its_clear_error_without_tta() -> None:
+    from sampling.queue import rank_tasks
+
+    signals = [_signals(1, [0.9], instability=0.1), _signals(2, [0.9], instability=0.7)]
+    assert [e.task_id for e in rank_tasks(signals, uncertainty="tta", strategy="uncertainty")] == [2, 1]
+    with pytest.raises(ValueError, match="without test-time augmentation"):
+        rank_tasks([_signals(1, [0.9])], uncertainty="tta")

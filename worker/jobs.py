@@ -2,7 +2,8 @@
 
 ``retrain_project``: export a project's labels, warm-start from the served model, train, gate,
 publish; then ``refresh_predictions`` fans the project's unlabelled tasks out over ``score_tasks``
-jobs that write the new version's predictions back to Label Studio.
+jobs that write the new version's predictions back to Label Studio and measure what the review
+queue ranks by; ``rank_queue`` runs after the last of them and writes the queue into the project.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from typing import Any
 
 from rq import get_current_job
-from rq.job import Job
+from rq.job import Dependency, Job
 
 from detection.model import ModelConfig
 from detection.predictor import Predictor
@@ -26,6 +27,7 @@ from integrations.label_config import rectangle_target
 from integrations.task_predictions import TaskPredictor
 from worker.gate import quality_gate
 from worker.queues import RetrainScheduler, enqueue_job
+from worker.review_queue import ReviewQueueStore, rank_options, rank_stored_signals
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,8 @@ def retrain_project(project_id: int) -> dict[str, Any]:
 
 
 def refresh_predictions(project_id: int, model_version: str) -> dict[str, Any]:
-    """Fan the project's unlabelled tasks out, in chunks, over ``score_tasks`` jobs on every worker."""
+    """Fan the project's unlabelled tasks out, in chunks, over ``score_tasks`` jobs on every worker,
+    and queue ``rank_queue`` to run once they have all ended."""
     settings = Settings()
     job = get_current_job()
     task_ids = label_studio.unlabelled_task_ids(label_studio_client(settings), project_id)
@@ -159,31 +162,59 @@ def refresh_predictions(project_id: int, model_version: str) -> dict[str, Any]:
         enqueue_job(settings, "scoring", job.connection, "worker.jobs.score_tasks", project_id, chunk, model_version)
         for chunk in chunks
     ]
-    return {"tasks": len(task_ids), "chunks": len(chunks), "jobs": [j.id for j in jobs]}
+    # A chunk that fails for good (after its retries) must not hold the queue back: rank what was scored.
+    ranking = enqueue_job(settings, "scoring", job.connection, "worker.jobs.rank_queue", project_id, model_version,
+                          depends_on=Dependency(jobs=jobs, allow_failure=True) if jobs else None)  # fmt: skip
+    return {"tasks": len(task_ids), "chunks": len(chunks), "jobs": [j.id for j in jobs], "rank_job": ranking.id}
 
 
 def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dict[str, Any]:
-    """Predict these tasks with ``model_version`` and store the predictions in Label Studio."""
+    """Predict these tasks with ``model_version``, store the predictions in Label Studio and the
+    review-queue signals in Redis. A retried chunk redoes only what its first run left undone."""
     settings = Settings()
+    job = get_current_job()
     client = label_studio_client(settings)
+    signal_store = ReviewQueueStore(settings, job.connection) if job is not None else None
+    scored = signal_store.scored_task_ids(project_id, model_version) if signal_store else set()
     predictor = Predictor.from_version(
         ModelStore(settings.models_dir).get(model_version), choose_device(settings.device)
     )
     label_config = client.projects.get(id=project_id).label_config
-    # A retried chunk must not store a second prediction of the same version on a task.
-    tasks = [
-        {"id": task.id, "data": task.data}
-        for task in (client.tasks.get(id=task_id) for task_id in task_ids)
-        if not any(p.model_version == model_version for p in client.predictions.list(task=task.id))
-    ]
+    tasks, predicted = [], set()
+    for task in (client.tasks.get(id=task_id) for task_id in task_ids):
+        if any(p.model_version == model_version for p in client.predictions.list(task=task.id)):
+            predicted.add(task.id)  # never a second prediction of the same version on a task
+        if task.id not in predicted or task.id not in scored:
+            tasks.append({"id": task.id, "data": task.data})
     predictions = TaskPredictor.from_settings(settings).predict(
-        tasks, label_config, predictor, label_studio_connection(settings)
+        tasks, label_config, predictor, label_studio_connection(settings), measure=True
     )
-    written = label_studio.write_predictions(
-        client, ((p.task_id, p.to_label_studio()) for p in predictions if p.error is None)
-    )
+    if signal_store is not None:
+        signal_store.save_signals(project_id, model_version, (p.signals for p in predictions if p.signals))
+    new = [p for p in predictions if p.error is None and p.task_id not in predicted]
+    written = label_studio.write_predictions(client, ((p.task_id, p.to_label_studio()) for p in new))
     failed = {p.task_id: p.error for p in predictions if p.error is not None}
     return {"written": written, "failed": failed, "already_done": len(task_ids) - len(tasks)}
+
+
+def rank_queue(project_id: int, model_version: str) -> dict[str, Any]:
+    """Rank the project's unlabelled tasks that ``model_version`` scored, and write each task's rank
+    into Label Studio: the prediction's score (the Data Manager's "Prediction score" column, sorted
+    ascending by the project's "Review queue" tab) and the task's ``review_rank`` and
+    ``review_uncertainty`` data fields."""
+    settings = Settings()
+    job = get_current_job()
+    client = label_studio_client(settings)
+    store = ReviewQueueStore(settings, job.connection)
+    options = rank_options(settings)
+    unlabelled = set(label_studio.unlabelled_task_ids(client, project_id))
+    entries = rank_stored_signals(store, project_id, model_version, unlabelled, options)
+    written = label_studio.write_review_queue(client, project_id, model_version, entries)
+    view_id = label_studio.ensure_review_queue_view(client, project_id)
+    store.save_ranking(project_id, {"model_version": model_version, "options": options,
+                                    "entries": [entry.to_dict() for entry in entries]})  # fmt: skip
+    return {"ranked": len(entries), "written": written, "unscored": len(unlabelled) - len(entries),
+            "view": view_id, **options}  # fmt: skip
 
 
 def _validation_split(

@@ -1,0 +1,7 @@
+"""The names of the sampler's choices, light enough for the settings object to import."""
+
+from typing import Literal
+
+Uncertainty = Literal["least_confidence", "entropy", "margin", "tta"]
+Aggregation = Literal["max", "mean", "sum"]
+Strategy = Literal["uncertainty", "k_center", "kmeans_pp"]
