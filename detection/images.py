@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# File types looked for in image folders (DICOM is recognised by content: see integrations/dicom.py).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 # Decompression bombs are refused above this many pixels (a 4k x 4k radiograph is 16 Mpx).
 MAX_PIXELS = 64_000_000
 

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("FRACTURE_AL_LABEL_STUDIO_API_KEY", "LABEL_STUDIO_API_KEY"),
     )
 
+    # Where the Label Studio in use serves local files from (its LOCAL_FILES_DOCUMENT_ROOT); imported
+    # datasets must lie under it. Default: the datasets folder, which is what `fracture-al up` serves.
+    label_studio_files_root: Path | None = None
+    roboflow_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FRACTURE_AL_ROBOFLOW_API_KEY", "ROBOFLOW_API_KEY")
+    )
+
     # The Label Studio ML backend.
     backend_host: str = "127.0.0.1"
     backend_port: int = 9090
@@ -103,6 +110,14 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def files_root(self) -> Path:
+        return self.label_studio_files_root or self.datasets_dir
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the CLI flags that were actually given (``None`` means not given)."""
