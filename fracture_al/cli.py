@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -585,6 +586,165 @@ def _import_tasks(settings: Settings, dataset, project_id: int, boxes_as: str) -
     if result.unmapped_classes:
         errors.print(f"[yellow]warning:[/] classes {sorted(result.unmapped_classes)} match no label of the "
                      "project's config; their boxes were left out")  # fmt: skip
+
+
+# FiftyOne ------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--project", "project_id", type=int, default=None, help="Label Studio project to inspect.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Or a dataset folder (COCO files and images/).")  # fmt: skip
+@click.option("--model", "model_version", default=None, help="Model version (default: current).")
+@click.option("--name", default=None, help="FiftyOne dataset name (default: from the source).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def inspect(context: click.Context, project_id: int | None, data_dir: Path | None, model_version: str | None,
+            name: str | None, as_json: bool) -> None:  # fmt: skip
+    """Build or refresh a FiftyOne dataset: labels, predictions, evaluation, Brain, saved views."""
+    from detection.predictor import Predictor
+    from detection.training import choose_device
+    from integrations.fiftyone_inspect import build_dataset, configure_fiftyone, images_from_folder, inspect_images
+
+    settings = settings_of(context)
+    if (project_id is None) == (data_dir is None):
+        raise CliError("give one of --project (a Label Studio project) or --data (a dataset folder)")
+    configure_fiftyone(settings.home)
+    version = _resolve_version(settings, model_version)
+    predictor = Predictor.from_version(version, choose_device(settings.device))
+    if data_dir is not None:
+        name = name or f"fracture-al-{data_dir.resolve().name}"
+        images = images_from_folder(data_dir)
+        info = {"source": "folder", "data": str(data_dir.resolve())}
+    else:
+        name = name or f"fracture-al-project-{project_id}"
+        images = _label_studio_images(settings, project_id, predictor.config.class_names)
+        info = {"source": "label_studio", "project": project_id}
+    if not images:
+        raise CliError("no images to inspect")
+    uncertainty = settings.queue_uncertainty if settings.queue_uncertainty != "tta" else "entropy"
+    # FiftyOne and scikit-learn print progress to stdout: with --json it goes to stderr instead.
+    with _stdout_to_stderr() if as_json else contextlib.nullcontext():
+        samples = inspect_images(images, predictor, batch_size=settings.predict_batch_size, uncertainty=uncertainty)
+        summary = build_dataset(name, samples, score_threshold=settings.predict_score_threshold,
+                                duplicate_threshold=settings.inspect_duplicate_threshold,
+                                plot_dir=settings.home / "inspections" / name,
+                                info={**info, "model_version": version.name})  # fmt: skip
+    if as_json:
+        click.echo(json.dumps({**vars(summary), "pr_curve": str(summary.pr_curve) if summary.pr_curve else None}))
+        return
+    table = Table("", "", title=f"FiftyOne dataset {name} ({version.name})", show_header=False)
+    table.add_row("samples (labelled)", f"{summary.samples} ({summary.labelled})")
+    table.add_row("mAP (FiftyOne, COCO-style)", _fmt(summary.mAP))
+    table.add_row("boxes: TP / FP / FN @ IoU 0.5", f"{summary.true_positives} / {summary.false_positives} / "
+                  f"{summary.false_negatives}")  # fmt: skip
+    for view, count in summary.views.items():
+        table.add_row(f"saved view {view}", str(count))
+    if summary.pr_curve:
+        table.add_row("PR curve", str(summary.pr_curve))
+    console.print(table)
+    console.print(f"open it with: fracture-al app --name {name}")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything written to file descriptor 1 (also by C code and cached handlers) to 2."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _label_studio_images(settings: Settings, project_id: int, class_names: list[str]):
+    from integrations.fiftyone_inspect import images_from_label_studio
+    from integrations.image_source import ImageSource
+    from integrations.label_config import rectangle_target
+    from integrations.label_studio import LabelStudioUnavailableError
+    from worker.jobs import label_studio_client, label_studio_connection
+
+    try:
+        client = label_studio_client(settings)
+    except (RuntimeError, LabelStudioUnavailableError) as error:
+        raise CliError(str(error)) from error
+    target = rectangle_target(client.projects.get(id=project_id).label_config, tuple(class_names))
+    source, connection = ImageSource.from_settings(settings), label_studio_connection(settings)
+    media = settings.home / "fiftyone-media" / f"project-{project_id}"
+    return images_from_label_studio(client, project_id, lambda ref: source.fetch(ref, connection), media, target)
+
+
+@main.command()
+@click.option("--name", default=None, help="Dataset to open (default: the most recently built one).")
+@click.option("--port", type=int, default=5151, show_default=True)
+@click.pass_context
+def app(context: click.Context, name: str | None, port: int) -> None:
+    """Launch the FiftyOne App on loopback (remote mode: open the printed URL)."""
+    from integrations.fiftyone_inspect import configure_fiftyone
+    from integrations.loopback import port_is_free
+
+    settings = settings_of(context)
+    configure_fiftyone(settings.home)
+    import fiftyone as fo
+
+    if not port_is_free(port):
+        raise CliError(f"port {port} is already in use: choose another with --port")
+    names = fo.list_datasets()
+    if name is None and names:
+        name = max(names, key=lambda n: fo.load_dataset(n).last_loaded_at or fo.load_dataset(n).created_at)
+    if name is not None and name not in names:
+        raise CliError(f"no FiftyOne dataset {name!r}; build it with fracture-al inspect (have: {', '.join(names)})")
+    session = fo.launch_app(fo.load_dataset(name) if name else None, remote=True, address="127.0.0.1", port=port)
+    console.print(f"FiftyOne App: http://127.0.0.1:{port}/datasets/{name}" if name else f"http://127.0.0.1:{port}")
+    console.print("saved views: likely-label-errors, model-misses, false-alarms, near-duplicates; Ctrl-C stops")
+    with contextlib.suppress(KeyboardInterrupt):
+        session.wait(-1)
+
+
+@main.command("send-back")
+@click.option("--name", required=True, help="FiftyOne dataset.")
+@click.option("--tag", default="relabel", show_default=True, help="Samples with this tag go back.")
+@click.option("--project", "project_id", type=int, default=None,
+              help="Label Studio project, for datasets built from a folder.")  # fmt: skip
+@click.pass_context
+def send_back(context: click.Context, name: str, tag: str, project_id: int | None) -> None:
+    """Send the X-rays tagged in FiftyOne back to Label Studio for review, current labels preloaded."""
+    from integrations.dataset_folder import DatasetFolder
+    from integrations.fiftyone_inspect import configure_fiftyone
+    from integrations.label_studio import request_review
+    from integrations.label_studio_import import SHA_FIELD, LabelStudioImportError, import_dataset
+    from worker.jobs import label_studio_client
+
+    settings = settings_of(context)
+    configure_fiftyone(settings.home)
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        raise CliError(f"no FiftyOne dataset {name!r}")
+    dataset = fo.load_dataset(name)
+    tagged = dataset.match_tags(tag)
+    if not len(tagged):
+        raise CliError(f"no sample of {name} is tagged {tag!r}")
+    client = label_studio_client(settings)
+    if dataset.info.get("source") == "label_studio":
+        project_id, task_ids = dataset.info["project"], tagged.values("task_id")
+    else:
+        if project_id is None:
+            raise CliError("this dataset was built from a folder: say which Label Studio project gets the tasks")
+        if not tagged.has_field("sha256"):
+            raise CliError("only datasets written by `fracture-al import` can be sent to Label Studio; import it")
+        folder = DatasetFolder(Path(dataset.info["data"]))
+        wanted = set(tagged.values("sha256"))
+        try:
+            import_dataset(client, project_id, folder, [i for i in folder.images() if i.sha256 in wanted],
+                           files_root=settings.files_root, boxes_as="annotations")  # fmt: skip
+        except LabelStudioImportError as error:
+            raise CliError(str(error)) from error
+        task_ids = [t.id for t in client.tasks.list(project=project_id) if (t.data or {}).get(SHA_FIELD) in wanted]
+    view_id = request_review(client, project_id, task_ids, tag)
+    url = f"{settings.label_studio_url}/projects/{project_id}/data?tab={view_id}"
+    console.print(f"{len(task_ids)} X-rays sent to Label Studio project {project_id} for review: {url}")
 
 
 # Model store ----------------------------------------------------------------------------------------

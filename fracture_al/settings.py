@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("FRACTURE_AL_ROBOFLOW_API_KEY", "ROBOFLOW_API_KEY")
     )
 
+    # FiftyOne inspection: embeddings closer than this (cosine distance) mark near-duplicate X-rays.
+    inspect_duplicate_threshold: float = 0.02
+
     # The Label Studio ML backend.
     backend_host: str = "127.0.0.1"
     backend_port: int = 9090

@@ -196,22 +196,34 @@ def write_review_queue(client: LabelStudio, project_id: int, model_version: str,
 
 
 REVIEW_VIEW_TITLE = "Review queue"
+REVIEW_REQUEST_FIELD = "review_request"
 
 
 def ensure_review_queue_view(client: LabelStudio, project_id: int) -> int:
     """The project's "Review queue" tab in the Data Manager: unlabelled tasks by ascending prediction
-    score, i.e. in queue order, so that "Label tasks as displayed" walks the queue. Created once,
-    reset to that filter and ordering on every call; returns its id."""
-    data = {
-        "title": REVIEW_VIEW_TITLE,
-        "ordering": ["tasks:predictions_score"],
-        "filters": {
-            "conjunction": "and",
-            "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
-        },
-    }
+    score, i.e. in queue order, so that "Label tasks as displayed" walks the queue."""
+    return ensure_view(client, project_id, REVIEW_VIEW_TITLE, ordering=["tasks:predictions_score"], filters=[
+        {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
+    ])  # fmt: skip
+
+
+def request_review(client: LabelStudio, project_id: int, task_ids: list[int], reason: str) -> int:
+    """Flag tasks for another look (their data's ``review_request`` = ``reason``) and list them in a
+    Data Manager tab of that name. Their current annotation stays in place for the annotator to
+    correct; the update reaches the retraining webhook like any other. Returns the tab's id."""
+    for task_id in task_ids:
+        task = client.tasks.get(id=str(task_id))
+        client.tasks.update(id=str(task_id), data={**task.data, REVIEW_REQUEST_FIELD: reason})
+    return ensure_view(client, project_id, f"Review: {reason}", ordering=["tasks:id"], filters=[
+        {"filter": f"filter:tasks:data.{REVIEW_REQUEST_FIELD}", "operator": "equal", "type": "String", "value": reason}
+    ])  # fmt: skip
+
+
+def ensure_view(client: LabelStudio, project_id: int, title: str, *, ordering: list[str], filters: list[dict]) -> int:
+    """A Data Manager tab with this title, created once and reset to these filters and ordering."""
+    data = {"title": title, "ordering": ordering, "filters": {"conjunction": "and", "items": filters}}
     for view in client.views.list(project=project_id):
-        if (view.data or {}).get("title") == REVIEW_VIEW_TITLE:
+        if (view.data or {}).get("title") == title:
             client.views.update(id=str(view.id), project=project_id, data={**view.data, **data})
             return view.id
     return client.views.create(project=project_id, data=data).id

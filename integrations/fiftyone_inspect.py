@@ -1,0 +1,273 @@
+"""Inspecting dataset errors in FiftyOne: ground truth beside a model version's predictions, its
+evaluation, FiftyOne Brain's mistakenness, uniqueness, 2-D map and near-duplicates computed from the
+detector's own backbone embeddings (Brain's default models need downloads), and saved views.
+
+FiftyOne keeps its database under ``FRACTURE_AL_HOME/fiftyone`` (an embedded MongoDB it starts on
+first use) unless ``FIFTYONE_DATABASE_DIR`` or ``FIFTYONE_DATABASE_URI`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detection.predictor import ImagePrediction
+
+log = logging.getLogger(__name__)
+
+GROUND_TRUTH = "ground_truth"
+PREDICTIONS = "predictions"
+EVAL_KEY = "eval"
+VIEWS = ("likely-label-errors", "model-misses", "false-alarms", "near-duplicates")
+
+
+def configure_fiftyone(home: Path) -> None:
+    """Point FiftyOne at its database under ``home``, without telemetry; call before importing it."""
+    if "FIFTYONE_DATABASE_URI" not in os.environ:
+        os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(home / "fiftyone"))
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # MongoDB 6.0 works; skip its notice
+
+
+@dataclass
+class LabelledImage:
+    filepath: Path
+    width: int
+    height: int
+    ground_truth: list[tuple[str, list[float]]] | None  # (label, xyxy px); None = not labelled yet
+    fields: dict[str, Any] = field(default_factory=dict)  # split, task id, body part, ...
+
+
+@dataclass
+class InspectionSample:
+    image: LabelledImage
+    prediction: ImagePrediction
+    embedding: np.ndarray
+    uncertainty: float
+
+
+@dataclass
+class InspectionSummary:
+    dataset: str
+    samples: int
+    labelled: int
+    mAP: float | None
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    views: dict[str, int]  # saved view -> samples in it
+    pr_curve: Path | None
+
+
+def build_dataset(
+    name: str,
+    samples: Sequence[InspectionSample],
+    *,
+    score_threshold: float,
+    duplicate_threshold: float,
+    plot_dir: Path | None = None,
+    info: dict[str, Any] | None = None,
+) -> InspectionSummary:
+    """Create or refresh dataset ``name`` (tags the team set on its samples are kept), evaluate,
+    run the Brain methods and save the views."""
+    import fiftyone as fo
+
+    tags_of = {}
+    if fo.dataset_exists(name):
+        tags_of = dict(zip(*fo.load_dataset(name).values(["filepath", "tags"]), strict=True))
+    dataset = fo.Dataset(name, overwrite=True, persistent=True)
+    dataset.info = info or {}  # where the samples came from, for sending tagged ones back
+    dataset.save()
+    dataset.add_samples([_sample(s, tags_of.get(str(s.image.filepath), [])) for s in samples])
+    dataset.compute_metadata()
+
+    labelled = dataset.exists(GROUND_TRUTH)
+    mAP, counts, pr_curve = None, {"tp": 0, "fp": 0, "fn": 0}, None
+    if len(labelled):
+        results = labelled.evaluate_detections(
+            PREDICTIONS, gt_field=GROUND_TRUTH, eval_key=EVAL_KEY, iou=0.5, compute_mAP=True
+        )
+        mAP = float(results.mAP())
+        counts = {key: int(sum(labelled.values(f"{EVAL_KEY}_{key}"))) for key in counts}
+        pr_curve = _save_pr_curve(results, plot_dir) if plot_dir is not None else None
+        _mistakenness(labelled)
+    embeddings = np.stack([s.embedding for s in samples]) if samples else np.zeros((0, 1))
+    duplicates = _embedding_methods(dataset, embeddings, duplicate_threshold)
+    views = _save_views(dataset, score_threshold, duplicates)
+    return InspectionSummary(name, len(dataset), len(labelled), mAP, counts["tp"], counts["fp"], counts["fn"],
+                             views, pr_curve)  # fmt: skip
+
+
+def _sample(source: InspectionSample, tags: list[str]):
+    import fiftyone as fo
+
+    image = source.image
+    sample = fo.Sample(filepath=str(image.filepath), tags=tags, **image.fields)
+    width, height = image.width, image.height
+    if image.ground_truth is not None:
+        truth = [fo.Detection(label=name, bounding_box=_relative(b, width, height)) for name, b in image.ground_truth]
+        sample[GROUND_TRUTH] = fo.Detections(detections=truth)
+    prediction = source.prediction
+    sample[PREDICTIONS] = fo.Detections(
+        detections=[
+            fo.Detection(label=label, bounding_box=_relative(box, width, height), confidence=float(score))
+            for box, score, label in zip(prediction.boxes, prediction.scores, prediction.class_names, strict=True)
+        ]
+    )
+    sample["fracture_score"] = prediction.image_score
+    sample["uncertainty"] = source.uncertainty
+    return sample
+
+
+def _relative(box: Sequence[float], width: int, height: int) -> list[float]:
+    """Pixel xyxy to FiftyOne's relative [x, y, width, height]."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height]
+
+
+def _mistakenness(labelled) -> None:
+    """Per sample ``mistakenness``, ``possible_missing`` (confident predictions no box matches) and
+    ``possible_spurious`` (boxes no prediction supports), from the detector's confidences."""
+    import fiftyone.brain as fob
+
+    fob.compute_mistakenness(labelled, PREDICTIONS, label_field=GROUND_TRUTH, progress=False)
+
+
+def _embedding_methods(dataset, embeddings: np.ndarray, duplicate_threshold: float) -> list[str]:
+    """Uniqueness, a 2-D map and near-duplicates over the backbone embeddings; returns the ids of
+    samples that have a near-duplicate."""
+    import fiftyone.brain as fob
+
+    if len(dataset) < 3:
+        return []
+    fob.compute_uniqueness(dataset, embeddings=embeddings, progress=False)
+    # t-SNE's perplexity, and the PCA FiftyOne runs before it, must fit the number of points.
+    perplexity = max(2.0, min(30.0, (len(dataset) - 1) / 3))
+    pca_dims = min(50, len(dataset), embeddings.shape[1])
+    fob.compute_visualization(dataset, embeddings=embeddings, brain_key="backbone_map", method="tsne", seed=0,
+                              perplexity=perplexity, pca_dims=pca_dims, verbose=False, progress=False)  # fmt: skip
+    index = fob.compute_near_duplicates(dataset, embeddings=embeddings, threshold=duplicate_threshold, progress=False)
+    return sorted({*index.neighbors_map, *(n for group in index.neighbors_map.values() for n, _ in group)})
+
+
+def _save_views(dataset, score_threshold: float, duplicates: list[str]) -> dict[str, int]:
+    from fiftyone import ViewField as F
+
+    labelled = dataset.exists(GROUND_TRUTH)
+    shown = F("confidence") >= score_threshold
+    views = {
+        # Samples whose labels the model's confident boxes dispute, worst first.
+        "likely-label-errors": labelled.match((F("possible_missing") > 0) | (F("possible_spurious") > 0)).sort_by(
+            "mistakenness", reverse=True
+        ),
+        "model-misses": labelled.filter_labels(GROUND_TRUTH, F(EVAL_KEY) == "fn"),
+        "false-alarms": labelled.filter_labels(PREDICTIONS, (F(EVAL_KEY) == "fp") & shown),
+        "near-duplicates": dataset.select(duplicates, ordered=True),
+    }
+    if not dataset.has_field("possible_missing"):
+        views["likely-label-errors"] = labelled.limit(0)
+    if not dataset.has_field(f"{EVAL_KEY}_tp"):
+        views["model-misses"] = views["false-alarms"] = labelled.limit(0)
+    for view_name, view in views.items():
+        dataset.save_view(view_name, view, overwrite=True)
+    return {view_name: len(view) for view_name, view in views.items()}
+
+
+def _save_pr_curve(results, plot_dir: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    figure = results.plot_pr_curves(backend="matplotlib")
+    figure = figure if hasattr(figure, "savefig") else plt.gcf()
+    path = plot_dir / "pr_curve.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def inspect_images(
+    images: Sequence[LabelledImage], predictor, *, batch_size: int = 8, uncertainty: str = "entropy"
+) -> list[InspectionSample]:
+    """Run ``predictor`` over the images: every candidate box, the backbone embedding and the image's
+    uncertainty (the review queue's score), with a progress bar."""
+    from tqdm import tqdm
+
+    from detection.images import load_image
+    from sampling.uncertainty import image_uncertainty
+
+    inspected = []
+    for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch"):
+        batch = images[start : start + batch_size]
+        pixels = [load_image(image.filepath) for image in batch]
+        predictions = predictor.predict(pixels, batch_size=batch_size)
+        embeddings = predictor.embed(pixels, batch_size=batch_size)
+        inspected += [
+            InspectionSample(image, prediction, embedding, image_uncertainty(prediction.scores, uncertainty, "max"))
+            for image, prediction, embedding in zip(batch, predictions, embeddings, strict=True)
+        ]
+    return inspected
+
+
+def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", "test")) -> list[LabelledImage]:
+    """The images of a dataset folder (FracAtlas layout, or what ``fracture-al import`` wrote), with
+    their boxes, split and the folder's per-image metadata (FracAtlas's body part and view)."""
+    import json
+
+    images = []
+    for split in splits:
+        path = Path(data_dir) / f"{split}.json"
+        if not path.is_file():
+            continue
+        content = json.loads(path.read_text())
+        name_of = {c["id"]: c["name"] for c in content["categories"]}
+        boxes: dict[int, list] = {}
+        for a in content["annotations"]:
+            x, y, w, h = a["bbox"]
+            boxes.setdefault(a["image_id"], []).append((name_of[a["category_id"]], [x, y, x + w, y + h]))
+        for entry in content["images"]:
+            fields = {"split": split, "image_id": entry["id"]}
+            fields.update({k: entry[k] for k in ("body_part", "view", "sha256") if k in entry})
+            images.append(LabelledImage(Path(data_dir) / "images" / entry["file_name"], entry["width"],
+                                        entry["height"], boxes.get(entry["id"], []), fields))  # fmt: skip
+    return images
+
+
+def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, target) -> list[LabelledImage]:
+    """Every task of the project: its image (fetched once into ``media_dir``: FiftyOne reads local
+    files), the latest annotation's boxes as ground truth (None while unlabelled), task id, split,
+    queue rank and de-identified DICOM tags. ``fetch`` maps an image reference to its bytes."""
+    from detection.images import ImageLoadError, load_image
+    from integrations.image_source import ImageFetchError
+    from integrations.label_studio import annotation_boxes, latest_annotation
+
+    class_of_label = {label: name for name, label in target.label_of_class.items()}
+    media_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for task in client.tasks.list(project=project_id, fields="all"):
+        data = task.data or {}
+        path = media_dir / f"task-{task.id}.png"
+        try:
+            if not path.is_file():
+                load_image(fetch(data.get(target.value_key)), name=f"task {task.id}").save(path)
+            width, height = load_image(path).size
+        except (ImageFetchError, ImageLoadError) as error:
+            log.warning("task %s left out: %s", task.id, error)
+            continue
+        annotation = latest_annotation({"annotations": task.annotations or []})
+        truth = None
+        if annotation is not None:
+            truth = [(class_of_label[label], box) for label, box in annotation_boxes(annotation, target, width, height)
+                     if label in class_of_label]  # fmt: skip
+        fields = {"task_id": task.id, "split": data.get("split", "train" if truth is not None else "unlabelled")}
+        fields.update({k: v for k, v in data.items() if k.startswith("dicom_") or k == "review_rank"})
+        images.append(LabelledImage(path, width, height, truth, fields))
+    return images

@@ -1,0 +1,159 @@
+"""FiftyOne with its real database: evaluation on a case built so TP/FP/FN are known, mistakenness
+on a deleted box, near-duplicates, saved views, tags surviving a refresh; the App served and
+screenshotted in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from detection.predictor import ImagePrediction
+from integrations.fiftyone_inspect import InspectionSample, LabelledImage, build_dataset, configure_fiftyone
+from integrations.loopback import free_port, wait_until_answering
+
+# Where tests leave files for people to look at (the App screenshot); CI keeps it.
+ARTIFACTS = Path(os.environ.get("FRACTURE_AL_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def fiftyone_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("fiftyone-home")
+    configure_fiftyone(home)
+    import fiftyone  # noqa: F401  (configured before its first import)
+
+    return home
+
+
+@pytest.fixture()
+def dataset_name(fiftyone_database: Path):
+    import fiftyone as fo
+
+    name = f"fracture-al-test-{secrets.token_hex(3)}"
+    yield name
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
+
+def prediction(width: int, height: int, *boxes: tuple[list[float], float]) -> ImagePrediction:
+    return ImagePrediction(width, height, np.array([b for b, _ in boxes], dtype=float).reshape(-1, 4),
+                           np.array([s for _, s in boxes], dtype=float), ["fracture"] * len(boxes))  # fmt: skip
+
+
+def known_case(sample_dir: Path) -> list[InspectionSample]:
+    """A: found (TP). B: missed, with a false alarm elsewhere (FN + FP). C: a healthy X-ray with a
+    false alarm (FP). D: its box deleted from the ground truth while the model is sure of it (FP, and
+    a possible missing label). E: not labelled yet, an exact copy of A's embedding."""
+    files = sorted((sample_dir / "images").glob("*.jpg"))[:5]
+    size = 400, 500
+    box, elsewhere = [100.0, 120.0, 180.0, 200.0], [250.0, 300.0, 330.0, 380.0]
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(5, 16))
+    vectors[4] = vectors[0]
+    cases = [
+        ([("fracture", box)], prediction(*size, (box, 0.99))),
+        ([("fracture", box)], prediction(*size, (elsewhere, 0.9))),
+        ([], prediction(*size, (elsewhere, 0.8))),
+        ([], prediction(*size, (box, 0.99))),
+        (None, prediction(*size, (box, 0.6))),
+    ]
+    return [
+        InspectionSample(LabelledImage(path, *size, truth, {"case": "ABCDE"[i]}), predicted, vectors[i], 0.5)
+        for i, (path, (truth, predicted)) in enumerate(zip(files, cases, strict=True))
+    ]
+
+
+def test_evaluation_mistakenness_duplicates_views_and_tags(sample_dir: Path, dataset_name: str, tmp_path: Path):
+    import fiftyone as fo
+
+    samples = known_case(sample_dir)
+    summary = build_dataset(dataset_name, samples, score_threshold=0.5, duplicate_threshold=0.01,
+                            plot_dir=tmp_path)  # fmt: skip
+    assert (summary.samples, summary.labelled) == (5, 4)
+    assert (summary.true_positives, summary.false_positives, summary.false_negatives) == (1, 3, 1)
+    dataset = fo.load_dataset(dataset_name)
+    by_case = {s["case"]: s for s in dataset}
+    assert (by_case["A"]["eval_tp"], by_case["B"]["eval_fn"], by_case["C"]["eval_fp"]) == (1, 1, 1)
+    assert [d["eval"] for d in by_case["B"]["predictions"].detections] == ["fp"]
+    assert not by_case["E"].has_field("eval_tp") or by_case["E"]["eval_tp"] is None
+    assert by_case["D"]["possible_missing"] >= 1 and by_case["A"]["possible_missing"] == 0
+    assert summary.pr_curve is not None and summary.pr_curve.is_file()
+
+    assert set(dataset.list_saved_views()) >= {"likely-label-errors", "model-misses", "false-alarms", "near-duplicates"}
+    assert [s["case"] for s in dataset.load_saved_view("model-misses")] == ["B"]
+    assert sorted(s["case"] for s in dataset.load_saved_view("false-alarms")) == ["B", "C", "D"]
+    assert "D" in [s["case"] for s in dataset.load_saved_view("likely-label-errors")]
+    assert sorted(s["case"] for s in dataset.load_saved_view("near-duplicates")) == ["A", "E"]
+    assert dataset.get_brain_info("backbone_map") is not None and dataset.has_field("uniqueness")
+
+    by_case["D"].tags.append("relabel")
+    by_case["D"].save()
+    build_dataset(dataset_name, samples, score_threshold=0.5, duplicate_threshold=0.01)  # a refresh
+    assert [s["case"] for s in fo.load_dataset(dataset_name).match_tags("relabel")] == ["D"]
+    json.dumps(summary.views)  # the CLI prints it as JSON
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fracture_al", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def fiftyone_env(home: Path, database: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "FRACTURE_AL_HOME": str(home), "FRACTURE_AL_DEVICE": "cpu",
+            "FIFTYONE_DATABASE_DIR": os.environ["FIFTYONE_DATABASE_DIR"], **extra}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_inspect_a_folder_then_serve_it_in_the_app_and_screenshot_the_grid(
+    trained_home: Path, sample_dir: Path, fiftyone_database: Path, dataset_name: str
+) -> None:
+    env = fiftyone_env(trained_home, fiftyone_database, FRACTURE_AL_PREDICT_SCORE_THRESHOLD="0.3")
+    built = cli(env, "inspect", "--data", str(sample_dir), "--name", dataset_name, "--json")
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.lstrip().startswith("{"), built.stdout[:800]
+    summary = json.loads(built.stdout)
+    sample_count = sum(
+        len(json.loads((sample_dir / f"{s}.json").read_text())["images"]) for s in ("train", "val", "test")
+    )
+    assert summary["samples"] == summary["labelled"] == sample_count
+    assert summary["true_positives"] + summary["false_negatives"] == sum(
+        len(json.loads((sample_dir / f"{s}.json").read_text())["annotations"]) for s in ("train", "val", "test")
+    )
+
+    port = free_port()
+    app = subprocess.Popen([sys.executable, "-m", "fracture_al", "app", "--name", dataset_name, "--port", str(port)],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert wait_until_answering(f"http://127.0.0.1:{port}/", timeout=120, process=app), "the App did not answer"
+        page = requests.get(f"http://127.0.0.1:{port}/datasets/{dataset_name}", timeout=30)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        query = {"query": f'{{ dataset(name: "{dataset_name}") {{ name sampleFields {{ path }} }} }}'}
+        answer = requests.post(f"http://127.0.0.1:{port}/graphql", json=query, timeout=30).json()
+        assert answer["data"]["dataset"]["name"] == dataset_name, answer
+        paths = {field["path"] for field in answer["data"]["dataset"]["sampleFields"]}
+        assert {"ground_truth", "predictions", "uncertainty", "mistakenness"} <= paths
+
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium is None:
+            pytest.skip("Debian's chromium is not installed (make test installs it where apt-get may)")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        screenshot = ARTIFACTS / "fiftyone-app.png"
+        screenshot.unlink(missing_ok=True)
+        subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--screenshot={screenshot}", "--window-size=1600,1000", "--virtual-time-budget=40000",
+                        f"http://127.0.0.1:{port}/datasets/{dataset_name}"],
+                       capture_output=True, timeout=180, check=True)  # fmt: skip
+        pixels = np.asarray(Image.open(screenshot).convert("RGB"), dtype=float)
+        assert pixels.shape[:2] == (1000, 1600) and pixels.std() > 20  # a rendered page, not a blank one
+    finally:
+        app.terminate()
+        app.wait(timeout=60)
