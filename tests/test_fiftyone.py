@@ -157,3 +157,85 @@ def test_inspect_a_folder_then_serve_it_in_the_app_and_screenshot_the_grid(
     finally:
         app.terminate()
         app.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_tagged_x_rays_go_back_to_label_studio_and_their_corrections_come_back(
+    trained_home: Path, sample_dir: Path, fiftyone_database: Path, label_studio, tmp_path: Path
+) -> None:
+    import fiftyone as fo
+    from label_studio_sdk import LabelStudio
+
+    from integrations.label_config import FRACTURE_LABEL_CONFIG
+    from integrations.regions import percent_to_box
+
+    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    home = label_studio.local_files_root / "fiftyone-home"
+    shutil.copytree(trained_home / "models", home / "models")
+    env = fiftyone_env(home, fiftyone_database, LABEL_STUDIO_URL=label_studio.url,
+                       LABEL_STUDIO_API_KEY=label_studio.token,
+                       FRACTURE_AL_LABEL_STUDIO_FILES_ROOT=str(label_studio.local_files_root))  # fmt: skip
+    project = client.projects.create(title="inspected", label_config=FRACTURE_LABEL_CONFIG)
+    imported = cli(env, "import", "coco", str(sample_dir / "val.json"), "--images", str(sample_dir / "images"),
+                   "--dataset", "val-set", "--project", str(project.id))  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    name = f"fracture-al-test-{secrets.token_hex(3)}"
+    try:
+        built = cli(env, "inspect", "--project", str(project.id), "--name", name, "--json")
+        assert built.returncode == 0, built.stderr
+        tasks = sorted(client.tasks.list(project=project.id, fields="all"), key=lambda t: t.id)
+        assert json.loads(built.stdout)["labelled"] == len(tasks)
+
+        dataset = fo.load_dataset(name)
+        chosen = sorted(dataset, key=lambda s: s["task_id"])[:2]
+        for sample in chosen:
+            sample.tags.append("relabel")
+            sample.save()
+        sent = cli(env, "send-back", "--name", name, "--tag", "relabel")
+        assert sent.returncode == 0, sent.stderr
+        flagged = [t.id for t in client.tasks.list(project=project.id) if t.data.get("review_request") == "relabel"]
+        assert flagged == [s["task_id"] for s in chosen]
+        (tab,) = [v for v in client.views.list(project=project.id) if v.data.get("title") == "Review: relabel"]
+        assert [t.id for t in client.tasks.list(project=project.id, view=tab.id)] == flagged
+        # The current labels are there to correct: the task keeps its annotation.
+        first = client.tasks.get(id=str(flagged[0]))
+        assert len(first.annotations) == 1
+
+        # An annotator corrects the first one: one box, moved. Inspecting again shows the correction.
+        annotation = first.annotations[0]
+        region = {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": 100,
+                  "original_height": 100, "value": {"x": 10, "y": 20, "width": 30, "height": 40, "rotation": 0,
+                                                    "rectanglelabels": ["Fracture"]}}  # fmt: skip
+        client.annotations.update(id=annotation["id"], result=[region])
+        again = cli(env, "inspect", "--project", str(project.id), "--name", name, "--json")
+        assert again.returncode == 0, again.stderr
+        refreshed = fo.load_dataset(name).match(fo.ViewField("task_id") == flagged[0]).first()
+        (box,) = refreshed["ground_truth"].detections
+        assert np.allclose(box.bounding_box, [0.1, 0.2, 0.3, 0.4])
+        assert "relabel" in refreshed.tags  # the team's tags survive a refresh
+
+        # A dataset built from an imported folder goes to the project it is told, labels preloaded.
+        from_folder = cli(env, "inspect", "--data", str(home / "datasets" / "val-set"), "--name", f"{name}-folder")
+        assert from_folder.returncode == 0, from_folder.stderr
+        folder_dataset = fo.load_dataset(f"{name}-folder")
+        positive = folder_dataset.match(fo.ViewField("ground_truth.detections").length() > 0).first()
+        positive.tags.append("relabel")
+        positive.save()
+        review = client.projects.create(title="review", label_config=FRACTURE_LABEL_CONFIG)
+        assert cli(env, "send-back", "--name", f"{name}-folder").returncode == 1  # which project?
+        sent = cli(env, "send-back", "--name", f"{name}-folder", "--project", str(review.id))
+        assert sent.returncode == 0, sent.stderr
+        (task,) = client.tasks.list(project=review.id, fields="all")
+        assert task.data["review_request"] == "relabel" and task.data["source_sha256"] == positive["sha256"]
+        (annotation,) = task.annotations
+        boxes = [percent_to_box(r["value"], positive.metadata.width, positive.metadata.height)
+                 for r in annotation["result"]]  # fmt: skip
+        truth = [d.bounding_box for d in positive["ground_truth"].detections]
+        assert len(boxes) == len(truth)
+        for (x1, y1, x2, y2), (x, y, w, h) in zip(sorted(boxes), sorted(truth), strict=True):
+            width, height = positive.metadata.width, positive.metadata.height
+            assert np.allclose([x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height], [x, y, w, h])
+    finally:
+        for dataset_name in (name, f"{name}-folder"):
+            if fo.dataset_exists(dataset_name):
+                fo.delete_dataset(dataset_name)
