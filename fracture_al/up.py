@@ -9,9 +9,11 @@ the review queue into the project.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -166,19 +168,10 @@ class Stack:
     def stop(self) -> None:
         """Worker first (it may be writing to Label Studio), then the backend, then Label Studio."""
         for child in reversed(self.children):
-            # RQ and gunicorn finish what they are doing on the first SIGTERM; RQ's worker stops its
-            # work-horse (a process group of its own) on the second.
-            for _ in range(2):
-                if child.process.poll() is None:
-                    child.process.terminate()
-                    try:
-                        child.process.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        continue
-            if child.process.poll() is None:
-                child.process.kill()
-                child.process.wait()
+            self.say(f"stopping {child.name}")
+            _stop_process(child.process)
         if self.label_studio is not None:
+            self.say("stopping Label Studio")
             self.label_studio.stop()
 
     def environment(self, **extra: str) -> dict[str, str]:
@@ -228,3 +221,20 @@ class Stack:
         if self.label_studio is None:
             return None
         return self._label_studio_credentials()
+
+
+def _stop_process(process: subprocess.Popen) -> None:
+    """SIGINT: gunicorn shuts down at once, an RQ worker after its current job; a second SIGINT
+    makes RQ stop that job's work-horse too. Whatever is left of the process group is killed."""
+    for grace in (20, 10):
+        if process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -18,7 +18,13 @@ import requests
 from PIL import Image
 
 from detection.predictor import ImagePrediction
-from integrations.fiftyone_inspect import InspectionSample, LabelledImage, build_dataset, configure_fiftyone
+from integrations.fiftyone_inspect import (
+    InspectionSample,
+    LabelledImage,
+    build_dataset,
+    configure_fiftyone,
+    images_from_folder,
+)
 from integrations.loopback import free_port, wait_until_answering
 
 # Where tests leave files for people to look at (the App screenshot); CI keeps it.
@@ -214,9 +220,14 @@ def test_tagged_x_rays_go_back_to_label_studio_and_their_corrections_come_back(
         assert np.allclose(box.bounding_box, [0.1, 0.2, 0.3, 0.4])
         assert "relabel" in refreshed.tags  # the team's tags survive a refresh
 
-        # A dataset built from an imported folder goes to the project it is told, labels preloaded.
-        from_folder = cli(env, "inspect", "--data", str(home / "datasets" / "val-set"), "--name", f"{name}-folder")
-        assert from_folder.returncode == 0, from_folder.stderr
+        # A dataset built from an imported folder (as `inspect --data` builds it, here without running
+        # the model) goes to the project it is told, labels preloaded.
+        folder = home / "datasets" / "val-set"
+        images = images_from_folder(folder)
+        unscored = [InspectionSample(image, prediction(image.width, image.height), np.full(4, float(i)), 0.0)
+                    for i, image in enumerate(images)]  # fmt: skip
+        build_dataset(f"{name}-folder", unscored, score_threshold=0.5, duplicate_threshold=0.01,
+                      info={"source": "folder", "data": str(folder)})  # fmt: skip
         folder_dataset = fo.load_dataset(f"{name}-folder")
         positive = folder_dataset.match(fo.ViewField("ground_truth.detections").length() > 0).first()
         positive.tags.append("relabel")
