@@ -695,7 +695,8 @@ def app(context: click.Context, name: str | None, port: int) -> None:
         raise CliError(f"port {port} is already in use: choose another with --port")
     names = fo.list_datasets()
     if name is None and names:
-        name = max(names, key=lambda n: fo.load_dataset(n).last_loaded_at or fo.load_dataset(n).created_at)
+        datasets = [fo.load_dataset(n) for n in names]
+        name = max(datasets, key=lambda d: d.last_loaded_at or d.created_at).name
     if name is not None and name not in names:
         raise CliError(f"no FiftyOne dataset {name!r}; build it with fracture-al inspect (have: {', '.join(names)})")
     session = fo.launch_app(fo.load_dataset(name) if name else None, remote=True, address="127.0.0.1", port=port)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from detection.images import ImageLoadError, load_image
 from integrations.dicom import is_dicom, read_dicom
+from integrations.sources.coco import boxes_by_image
 from integrations.sources.records import SourceImage
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,7 @@ class DatasetFolder:
     def images(self) -> list[DatasetImage]:
         found = []
         for split, content in self._load().items():
-            name_of = {c["id"]: c["name"] for c in content["categories"]}
-            boxes_of: dict[int, list] = {}
-            for a in content["annotations"]:
-                x, y, w, h = a["bbox"]
-                boxes_of.setdefault(a["image_id"], []).append((name_of[a["category_id"]], [x, y, x + w, y + h]))
+            boxes_of = boxes_by_image(content["annotations"], {c["id"]: c["name"] for c in content["categories"]})
             for i in content["images"]:
                 boxes = boxes_of.get(i["id"], [])
                 found.append(DatasetImage(i["id"], i["file_name"], i["width"], i["height"], split, i["sha256"],

@@ -222,17 +222,15 @@ def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", 
     their boxes, split and the folder's per-image metadata (FracAtlas's body part and view)."""
     import json
 
+    from integrations.sources.coco import boxes_by_image
+
     images = []
     for split in splits:
         path = Path(data_dir) / f"{split}.json"
         if not path.is_file():
             continue
         content = json.loads(path.read_text())
-        name_of = {c["id"]: c["name"] for c in content["categories"]}
-        boxes: dict[int, list] = {}
-        for a in content["annotations"]:
-            x, y, w, h = a["bbox"]
-            boxes.setdefault(a["image_id"], []).append((name_of[a["category_id"]], [x, y, x + w, y + h]))
+        boxes = boxes_by_image(content["annotations"], {c["id"]: c["name"] for c in content["categories"]})
         for entry in content["images"]:
             fields = {"split": split, "image_id": entry["id"]}
             fields.update({k: entry[k] for k in ("body_part", "view", "sha256") if k in entry})
@@ -245,6 +243,8 @@ def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, ta
     """Every task of the project: its image (fetched once into ``media_dir``: FiftyOne reads local
     files), the latest annotation's boxes as ground truth (None while unlabelled), task id, split,
     queue rank and de-identified DICOM tags. ``fetch`` maps an image reference to its bytes."""
+    from PIL import Image
+
     from detection.images import ImageLoadError, load_image
     from integrations.image_source import ImageFetchError
     from integrations.label_studio import annotation_boxes, latest_annotation
@@ -256,9 +256,13 @@ def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, ta
         data = task.data or {}
         path = media_dir / f"task-{task.id}.png"
         try:
-            if not path.is_file():
-                load_image(fetch(data.get(target.value_key)), name=f"task {task.id}").save(path)
-            width, height = load_image(path).size
+            if path.is_file():
+                with Image.open(path) as cached:  # the header is enough for the size
+                    width, height = cached.size
+            else:
+                image = load_image(fetch(data.get(target.value_key)), name=f"task {task.id}")
+                image.save(path)
+                width, height = image.size
         except (ImageFetchError, ImageLoadError) as error:
             log.warning("task %s left out: %s", task.id, error)
             continue

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from integrations.loopback import answers, wait_until_answering
+from integrations.loopback import port_is_free, wait_until_answering
 
 DEFAULT_VENV = Path(__file__).resolve().parents[1] / ".venv-labelstudio"
 
@@ -63,7 +63,7 @@ class LabelStudioServer:
                 f"Label Studio is not installed at {self.executable}: run `make labelstudio` "
                 "(it needs its own virtualenv), or point LABEL_STUDIO_URL at a running one"
             )
-        if answers(self.url):
+        if not port_is_free(self.port):
             raise LabelStudioStartError(f"port {self.port} is already in use: choose another one")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [

@@ -28,15 +28,9 @@ from label_studio_sdk import LabelStudio
 from PIL import Image
 from werkzeug.serving import make_server
 
+from integrations.label_config import FRACTURE_LABEL_CONFIG
 from integrations.label_studio_server import LabelStudioServer
 from integrations.regions import percent_to_box
-
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="Fracture" predicted_values="fracture"/>
-  </RectangleLabels>
-</View>"""
 
 
 def run_cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -127,8 +121,8 @@ def test_tasks_in_label_studio_with_boxes_preloaded_once(
 ) -> None:
     export = roboflow_coco_export(sample_dir, tmp_path / "export")
     client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
-    annotated = client.projects.create(title="imported annotations", label_config=CONFIG)
-    predicted = client.projects.create(title="imported predictions", label_config=CONFIG)
+    annotated = client.projects.create(title="imported annotations", label_config=FRACTURE_LABEL_CONFIG)
+    predicted = client.projects.create(title="imported predictions", label_config=FRACTURE_LABEL_CONFIG)
     served_env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
                   "FRACTURE_AL_LABEL_STUDIO_FILES_ROOT": str(label_studio.local_files_root)}  # fmt: skip
     dataset_args = ("--dataset", "import-test")

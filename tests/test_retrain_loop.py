@@ -24,16 +24,11 @@ from werkzeug.serving import make_server
 from backend.app import create_app
 from detection.store import ModelStore
 from fracture_al.settings import Settings
+from integrations.label_config import FRACTURE_LABEL_CONFIG
 from integrations.label_studio_server import LabelStudioServer
 
 pytestmark = pytest.mark.slow
 
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="Fracture" predicted_values="fracture"/>
-  </RectangleLabels>
-</View>"""
 BOX = {"x": 30, "y": 40, "width": 12, "height": 9, "rotation": 0, "rectanglelabels": ["Fracture"]}
 
 
@@ -102,7 +97,7 @@ def kill_tree(process: subprocess.Popen) -> None:
 
 def make_project(client: LabelStudio, label_studio: LabelStudioServer, sample_dir: Path, name: str) -> tuple[int, list]:
     """A project of 8 sample X-rays in local-files storage; the 5th is marked as validation."""
-    project = client.projects.create(title=name, label_config=CONFIG)
+    project = client.projects.create(title=name, label_config=FRACTURE_LABEL_CONFIG)
     folder = label_studio.local_files_root / name
     folder.mkdir()
     images = sorted((sample_dir / "images").glob("*.jpg"))[:8]
@@ -143,7 +138,9 @@ def test_annotations_retrain_publish_and_refresh_predictions(
             annotate(client, tasks[index].id, boxes=index != 2)
 
         def served_version() -> str | None:
-            reply = requests.post(f"{backend_url}/setup", json={"project": f"{project_id}.0", "schema": CONFIG})
+            reply = requests.post(
+                f"{backend_url}/setup", json={"project": f"{project_id}.0", "schema": FRACTURE_LABEL_CONFIG}
+            )
             return reply.json()["model_version"] if reply.json()["model_version"] == "v0002" else None
 
         wait_until(served_version, 420, "the retrained model v0002 to be served", every=2)
@@ -158,7 +155,7 @@ def test_annotations_retrain_publish_and_refresh_predictions(
             json={
                 "tasks": [{"id": t.id, "data": t.data} for t in unlabelled],
                 "project": f"{project_id}.0",
-                "label_config": CONFIG,
+                "label_config": FRACTURE_LABEL_CONFIG,
             },
         )
         assert [r["model_version"] for r in reply.json()["results"]] == ["v0002"] * 3
