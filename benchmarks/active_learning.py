@@ -1,10 +1,12 @@
 """Simulated active learning on FracAtlas: does the sampler beat random labelling?
 
-Per seed: a random initial labelled set; per strategy, each round trains on the labelled set
-(warm-started from the previous round), records test mAP@50, scores the unlabelled pool and
-"labels" the next batch (its ground truth is revealed). Also measured on every round's pool: which
-share of the model's image-level mistakes (a fractured X-ray scored below 0.5, or a healthy one at
-or above it) lands in the top 10% of the strategy's queue; random's expectation is 10%.
+Per seed: a random initial labelled set and one model trained on it (round 0, shared by every
+strategy); then per strategy, each round ranks the unlabelled pool with the review queue's own
+code (``measure_signals`` + ``rank_tasks``, as the scoring jobs do), "labels" the first batch (its
+ground truth is revealed), trains on the labelled set (warm-started from the previous round, as the
+retraining loop does) and records test mAP@50. Also measured on every round's pool: which share of
+the model's image-level mistakes (a fractured X-ray scored below 0.5, or a healthy one at or above
+it) lands in the top 10% of the strategy's queue; random's expectation is 10%.
 
 The full-data reference (all pool images labelled, same budget per round) gives the target: labels
 needed to reach 95% of its test mAP@50. Saves JSON and a learning-curve plot.
@@ -38,10 +40,21 @@ from detection.model import ModelConfig
 from detection.predictor import Predictor
 from detection.store import save_model
 from detection.training import DataSplit, Initialisation, TrainConfig, choose_device, evaluate_split, fit
-from sampling.diversity import random_order, review_order
-from sampling.uncertainty import image_uncertainty, localization_instability
+from integrations.task_predictions import measure_signals
+from sampling.choices import Strategy, Uncertainty
+from sampling.diversity import random_order
+from sampling.queue import TaskSignals, rank_tasks
 
-STRATEGIES = ("random", "least_confidence", "entropy", "margin", "tta", "entropy_k_center")
+# Each acquisition the review queue can be set to (uncertainty, batch strategy); None = random.
+ACQUISITIONS: dict[str, tuple[Uncertainty, Strategy] | None] = {
+    "random": None,
+    "least_confidence": ("least_confidence", "uncertainty"),
+    "entropy": ("entropy", "uncertainty"),
+    "margin": ("margin", "uncertainty"),
+    "tta": ("tta", "uncertainty"),
+    "entropy_k_center": ("entropy", "k_center"),
+    "entropy_kmeans_pp": ("entropy", "kmeans_pp"),
+}
 
 
 @dataclass
@@ -66,29 +79,53 @@ class Pool:
         return DataSplit.load(path, self.image_dir)
 
 
-def queue_order(strategy: str, predictor: Predictor, images: list, seed: int, top_k: int) -> list[int]:
-    if strategy == "random":
-        return random_order(len(images), seed)
+@dataclass
+class Round:
+    """One trained model of a run and what it measured on the test set and on the unlabelled pool."""
+
+    labelled: list[int]
+    model_file: Path
+    metrics: dict
+    unlabelled: list[int]
+    signals: list[TaskSignals]  # per unlabelled pool image, task id = pool index
+    mistakes: set[int]  # unlabelled pool indices the model gets wrong at image level
+
+
+def train_round(labelled: list[int], init: Initialisation, folder: Path, pool: Pool, test: DataSplit,
+                args: argparse.Namespace, seed: int, device: torch.device, with_tta: bool) -> Round:  # fmt: skip
+    """Train on the labelled pool images (warm-started from ``init``), test, and score the rest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model_config = model_config_for(args, test)
+    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, workers=0, seed=seed)
+    outcome = fit(model_config, train_config, pool.subset(labelled, folder, "train"), None, folder,
+                  device=device, init=init)  # fmt: skip
+    metrics, _ = evaluate_split(outcome.model, test, train_config, device, description="test")
+    save_model(outcome.model, model_config, folder / "model.pt")
+    unlabelled = sorted(set(range(len(pool.records))) - set(labelled))
+    predictor = Predictor(outcome.model, model_config, device, folder.name)
+    images = [load_image(pool.image_dir / pool.records[i].file_name) for i in unlabelled]
     predictions = predictor.predict(images)
-    if strategy == "tta":
-        views = predictor.predict_augmented(images)
-        scores = [
-            localization_instability(p.boxes, p.scores, [(v.boxes, v.scores) for v in augmented])
-            for p, augmented in zip(predictions, views, strict=True)
-        ]
-        return review_order(np.array(scores), None, top_k=top_k, strategy="uncertainty")
-    method = "entropy" if strategy == "entropy_k_center" else strategy
-    scores = np.array([image_uncertainty(p.scores, method, "max") for p in predictions])
-    if strategy == "entropy_k_center":
-        return review_order(scores, predictor.embed(images), top_k=top_k, strategy="k_center", seed=seed)
-    return review_order(scores, None, top_k=top_k, strategy="uncertainty")
-
-
-def mistakes_in_top_decile(order: list[int], image_scores: list[float], truth: list[bool]) -> float | None:
+    signals = measure_signals(unlabelled, predictor, images, predictions, with_tta=with_tta)
     mistakes = {
-        i for i, (score, positive) in enumerate(zip(image_scores, truth, strict=True)) if (score >= 0.5) != positive
+        index
+        for index, prediction in zip(unlabelled, predictions, strict=True)
+        if (prediction.image_score >= train_config.image_threshold) != bool(pool.records[index].boxes)
     }
-    if not mistakes:
+    return Round(labelled, folder / "model.pt", metrics, unlabelled, signals, mistakes)
+
+
+def queue_order(acquisition: str, round_: Round, batch: int, seed: int) -> list[int]:
+    """The unlabelled pool indices in the order the acquisition would have them labelled."""
+    if ACQUISITIONS[acquisition] is None:
+        return [round_.unlabelled[i] for i in random_order(len(round_.unlabelled), seed)]
+    uncertainty, strategy = ACQUISITIONS[acquisition]
+    queue = rank_tasks(round_.signals, uncertainty=uncertainty, strategy=strategy, batch_size=batch, seed=seed)
+    return [entry.task_id for entry in queue]
+
+
+def mistakes_in_top_decile(order: list[int], mistakes: set[int]) -> float | None:
+    """Share of the model's image-level mistakes among the first tenth of the queue (random: 0.1)."""
+    if not order or not mistakes:
         return None
     top = set(order[: max(1, len(order) // 10)])
     return len(mistakes & top) / len(mistakes)
@@ -98,37 +135,28 @@ def model_config_for(args: argparse.Namespace, test: DataSplit) -> ModelConfig:
     return ModelConfig(min_size=args.min_size, max_size=int(args.min_size * 1.6), class_names=test.coco.class_names)
 
 
-def run_strategy(
-    strategy: str, seed: int, pool: Pool, test: DataSplit, args, device: torch.device, work: Path
-) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    labelled = [int(i) for i in rng.choice(len(pool.records), size=args.initial, replace=False)]
-    model_config = model_config_for(args, test)
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, workers=0, seed=seed)
-    init, rows = Initialisation(), []
-    for round_number in range(args.rounds + 1):
-        folder = work / f"{strategy}-s{seed}-r{round_number}"
-        folder.mkdir(parents=True, exist_ok=True)
-        outcome = fit(model_config, train_config, pool.subset(labelled, folder, "train"), None, folder,
-                      device=device, init=init)  # fmt: skip
-        metrics, _ = evaluate_split(outcome.model, test, train_config, device, description="test")
-        save_model(outcome.model, model_config, folder / "model.pt")
-        init = Initialisation(model_file=folder / "model.pt")  # warm start the next round
-        row = {"strategy": strategy, "seed": seed, "round": round_number, "labelled": len(labelled),
-               "test_mAP50": metrics["mAP50"], "test_auroc": metrics["auroc"]}  # fmt: skip
-        unlabelled = [i for i in range(len(pool.records)) if i not in set(labelled)]
-        if unlabelled:
-            predictor = Predictor(outcome.model, model_config, device, f"round{round_number}")
-            images = [load_image(pool.image_dir / pool.records[i].file_name) for i in unlabelled]
-            order = queue_order(strategy, predictor, images, seed * 100 + round_number, args.batch)
-            image_scores = [p.image_score for p in predictor.predict(images)]
-            truth = [bool(pool.records[i].boxes) for i in unlabelled]
-            row["mistakes_in_top_10pct"] = mistakes_in_top_decile(order, image_scores, truth)
-            labelled += [unlabelled[i] for i in order[: args.batch]]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if round_number == args.rounds or not unlabelled:
-            break
+def run_seed(seed: int, pool: Pool, test: DataSplit, args: argparse.Namespace, device: torch.device,
+             work: Path) -> list[dict]:  # fmt: skip
+    """Every acquisition from the same random start: round 0 is trained once and shared."""
+    with_tta = "tta" in args.strategies
+    initial = [int(i) for i in np.random.default_rng(seed).choice(len(pool.records), size=args.initial, replace=False)]
+    first = train_round(initial, Initialisation(), work / f"s{seed}-r0", pool, test, args, seed, device, with_tta)
+    rows = []
+    for acquisition in args.strategies:
+        current = first
+        for round_number in range(args.rounds + 1):
+            order = queue_order(acquisition, current, args.batch, seed * 100 + round_number)
+            row = {"strategy": acquisition, "seed": seed, "round": round_number, "labelled": len(current.labelled),
+                   "test_mAP50": current.metrics["mAP50"], "test_auroc": current.metrics["auroc"],
+                   "mistakes_in_top_10pct": mistakes_in_top_decile(order, current.mistakes)}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if not order or round_number == args.rounds:
+                break
+            # The next batch is "labelled"; warm start from this round's model, as the retraining loop does.
+            current = train_round(current.labelled + order[: args.batch], Initialisation(model_file=current.model_file),
+                                  work / f"{acquisition}-s{seed}-r{round_number + 1}", pool, test, args, seed, device,
+                                  with_tta)  # fmt: skip
     return rows
 
 
@@ -141,23 +169,32 @@ def labels_to_reach(rows: list[dict], target: float) -> int | None:
     return None
 
 
+def curve(rows: list[dict], strategy: str, metric: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Labelled-set sizes and the metric's mean and sd over seeds, for one strategy."""
+    by_size: dict[int, list[float]] = {}
+    for row in rows:
+        if row["strategy"] == strategy and row.get(metric) is not None:
+            by_size.setdefault(row["labelled"], []).append(row[metric])
+    sizes = sorted(by_size)
+    return sizes, np.array([np.mean(by_size[s]) for s in sizes]), np.array([np.std(by_size[s]) for s in sizes])
+
+
 def plot(rows: list[dict], reference: float, path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for strategy in sorted({r["strategy"] for r in rows}):
-        by_size: dict[int, list[float]] = {}
-        for row in rows:
-            if row["strategy"] == strategy:
-                by_size.setdefault(row["labelled"], []).append(row["test_mAP50"] or 0.0)
-        sizes = sorted(by_size)
-        means = np.array([np.mean(by_size[s]) for s in sizes])
-        spread = np.array([np.std(by_size[s]) for s in sizes])
-        axis.plot(sizes, means, marker="o", label=strategy)
-        axis.fill_between(sizes, means - spread, means + spread, alpha=0.15)
-    axis.axhline(0.95 * reference, color="grey", linestyle="--", label="95% of full-data mAP@50")
-    axis.set_xlabel("labelled X-rays")
-    axis.set_ylabel("test mAP@50 (mean ± sd over seeds)")
-    axis.grid(alpha=0.3)
-    axis.legend()
+    """Learning curves (test mAP@50) beside the share of mistakes each queue puts in its top 10%."""
+    figure, (learning, mistakes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        for axis, metric in ((learning, "test_mAP50"), (mistakes, "mistakes_in_top_10pct")):
+            sizes, means, spread = curve(rows, strategy, metric)
+            axis.plot(sizes, means, marker="o", label=strategy)
+            axis.fill_between(sizes, means - spread, means + spread, alpha=0.15)
+    learning.axhline(0.95 * reference, color="grey", linestyle="--", label="95% of full-data mAP@50")
+    learning.set_ylabel("test mAP@50 (mean ± sd over seeds)")
+    mistakes.axhline(0.1, color="grey", linestyle="--", label="expected at random")
+    mistakes.set_ylabel("image-level mistakes in the queue's top 10%")
+    for axis in (learning, mistakes):
+        axis.set_xlabel("labelled X-rays")
+        axis.grid(alpha=0.3)
+        axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -174,7 +211,7 @@ def main() -> None:
     parser.add_argument("--min-size", type=int, default=384)
     parser.add_argument("--test-limit", type=int, default=0, help="test images used (0 = all), a fixed random subset")
     parser.add_argument(
-        "--strategies", nargs="+", default=["random", "entropy", "entropy_k_center"], choices=STRATEGIES
+        "--strategies", nargs="+", default=["random", "entropy", "entropy_k_center"], choices=ACQUISITIONS
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/active_learning"))
@@ -195,8 +232,7 @@ def main() -> None:
 
     rows = []
     for seed in args.seeds:
-        for strategy in args.strategies:
-            rows += run_strategy(strategy, seed, pool, test, args, device, work)
+        rows += run_seed(seed, pool, test, args, device, work)
 
     # Full-data reference: every pool image labelled, trained for the same total number of rounds.
     full_config = TrainConfig(epochs=args.epochs * (args.rounds + 1), batch_size=args.batch_size, workers=0)

@@ -74,16 +74,21 @@ class TaskPredictor:
         threshold = target.score_threshold if target.score_threshold is not None else self.default_threshold
         loaded = list(self.fetch_pool.map(lambda task: self._load(task, target, connection), tasks))
         images = [image for image in loaded if not isinstance(image, str)]
+        task_ids = [task.get("id") for task, image in zip(tasks, loaded, strict=True) if not isinstance(image, str)]
         with self.inference_lock:
             predicted = predictor.predict(images, batch_size=self.batch_size)
-            measured = self._measure(predictor, images, predicted) if measure else [(None, None)] * len(images)
+            measured = [None] * len(images)
+            if measure:
+                measured = measure_signals(
+                    task_ids, predictor, images, predicted, with_tta=self.with_tta, batch_size=self.batch_size
+                )
         predictions, measurements = iter(predicted), iter(measured)
         results = []
         for task, image in zip(tasks, loaded, strict=True):
             if isinstance(image, str):
                 results.append(TaskPrediction(task.get("id"), predictor.version, 0.0, [], error=image))
                 continue
-            prediction, (instability, embedding) = next(predictions), next(measurements)
+            prediction, signals = next(predictions), next(measurements)
             regions = prediction_regions(
                 prediction.boxes,
                 prediction.scores,
@@ -93,28 +98,10 @@ class TaskPredictor:
                 target=target,
                 threshold=threshold,
             )
-            signals = None
-            if measure:
-                box_scores = [float(score) for score in prediction.scores]
-                signals = TaskSignals(task.get("id"), box_scores, instability, embedding)
             results.append(
                 TaskPrediction(task.get("id"), predictor.version, prediction.image_score, regions, signals=signals)
             )
         return results
-
-    def _measure(
-        self, predictor: Predictor, images: list[Image.Image], predictions: list[ImagePrediction]
-    ) -> list[tuple[float | None, list[float]]]:
-        """(TTA instability or None, backbone embedding) per image."""
-        embeddings = predictor.embed(images, batch_size=self.batch_size)
-        if not self.with_tta:
-            return [(None, vector.tolist()) for vector in embeddings]
-        views = predictor.predict_augmented(images, batch_size=self.batch_size)
-        instabilities = [
-            localization_instability(p.boxes, p.scores, [(v.boxes, v.scores) for v in augmented])
-            for p, augmented in zip(predictions, views, strict=True)
-        ]
-        return [(value, vector.tolist()) for value, vector in zip(instabilities, embeddings, strict=True)]
 
     def _load(
         self, task: dict[str, Any], target: RectangleTarget, connection: LabelStudioConnection | None
@@ -126,3 +113,29 @@ class TaskPredictor:
         except (ImageFetchError, ImageLoadError) as error:
             log.warning("task %s: no prediction: %s", task.get("id"), error)
             return str(error)
+
+
+def measure_signals(
+    task_ids: list[Any],
+    predictor: Predictor,
+    images: list[Image.Image],
+    predictions: list[ImagePrediction],
+    *,
+    with_tta: bool,
+    batch_size: int = 8,
+) -> list[TaskSignals]:
+    """What the review queue ranks each image by: its candidate box scores, its backbone embedding
+    and, ``with_tta``, its localisation instability (two more passes per image)."""
+    embeddings = predictor.embed(images, batch_size=batch_size)
+    instabilities: list[float | None] = [None] * len(images)
+    if with_tta:
+        views = predictor.predict_augmented(images, batch_size=batch_size)
+        instabilities = [
+            localization_instability(p.boxes, p.scores, [(v.boxes, v.scores) for v in augmented])
+            for p, augmented in zip(predictions, views, strict=True)
+        ]
+    measured = zip(task_ids, predictions, instabilities, embeddings, strict=True)
+    return [
+        TaskSignals(task_id, [float(score) for score in prediction.scores], instability, vector.tolist())
+        for task_id, prediction, instability, vector in measured
+    ]
