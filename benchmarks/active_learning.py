@@ -11,7 +11,7 @@ it) lands in the top 10% of the strategy's queue; random's expectation is 10%.
 The full-data reference (all pool images labelled, same budget per round) gives the target: labels
 needed to reach 95% of its test mAP@50. Saves JSON and a learning-curve plot.
 
-Reduced setting for a 2-core CPU (under an hour when the CPU is otherwise idle):
+Reduced setting for a 2-core CPU (48 min measured on an idle CPU; its result is in benchmarks/reported/):
     python benchmarks/active_learning.py --pool 200 --initial 30 --batch 30 --rounds 3 --epochs 2 \\
         --min-size 320 --test-limit 100 --strategies random entropy_k_center --seeds 0 1 2
 Full setting for a GPU:
