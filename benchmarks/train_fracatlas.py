@@ -5,7 +5,8 @@ for a fixed number of epochs, then reports test mAP@50, mAP@75, mAP@[.5:.95], im
 training images/s and inference images/s. Prints a table and saves JSON; the trained model is
 published into ``--home`` so later benchmarks (backend latency, active learning) can reuse it.
 
-    python benchmarks/train_fracatlas.py --data ../shared/data/fracatlas --epochs 4
+    python -m benchmarks.train_fracatlas --data ../shared/data/fracatlas --recipe baseline --epochs 4
+    python -m benchmarks.train_fracatlas --data ../shared/data/fracatlas --recipe gpu    # the shipped model
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.predictions import compact
 from detection.images import load_image
 from detection.model import ModelConfig
 from detection.predictor import Predictor
+from detection.recipes import RECIPES, recipe
 from detection.store import ModelStore
-from detection.training import Initialisation, TrainConfig, choose_device, fit, load_splits
+from detection.training import Initialisation, TrainConfig, choose_device, evaluate_split, fit, load_splits
 from detection.versioning import data_sources, publish_outcome
 
 
@@ -41,21 +45,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
     parser.add_argument("--home", type=Path, default=Path("benchmarks/results/home"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_fracatlas.json"))
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--min-size", type=int, default=512)
-    parser.add_argument("--max-size", type=int, default=800)
+    parser.add_argument("--recipe", choices=list(RECIPES), default="baseline")
+    parser.add_argument("--epochs", type=int, help="Override the recipe's epochs.")
+    parser.add_argument("--time-budget", type=float, help="Stop training after this many minutes.")
+    parser.add_argument("--workers", type=int, help="Override the recipe's data-loading processes.")
+    parser.add_argument("--box-head-size", type=int, help="Override the box head's width.")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
     device = choose_device(args.device)
     splits = load_splits(args.data)
-    model_config = ModelConfig(
-        min_size=args.min_size, max_size=args.max_size, class_names=splits["train"].coco.class_names
+    overrides = {"epochs": args.epochs, "time_budget_minutes": args.time_budget, "workers": args.workers}
+    model_config, train_config = recipe(args.recipe).configs(
+        splits["train"].coco,
+        model=replace(ModelConfig(class_names=splits["train"].coco.class_names),
+                      **({"box_head_size": args.box_head_size} if args.box_head_size else {})),
+        train=TrainConfig(seed=args.seed),
     )
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, workers=args.workers)
+    train_config = replace(train_config, **{k: v for k, v in overrides.items() if v is not None})
     store = ModelStore(args.home / "models")
     run_dir = args.home / "runs" / time.strftime("bench-%Y%m%d-%H%M%S")
 
@@ -75,6 +83,9 @@ def main() -> None:
     predictor = Predictor.from_version(version, device)
     test_paths = [splits["test"].image_dir / record.file_name for record in splits["test"].coco.images]
     inference_rate = inference_images_per_second(predictor, test_paths, batch_size=4)
+    _, predictions = evaluate_split(
+        outcome.model, splits["test"], train_config, device, flip_tta=model_config.flip_tta, description="test"
+    )
 
     result = {
         "model_version": version.name,
@@ -83,24 +94,30 @@ def main() -> None:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "recipe": args.recipe,
+        "model_config": model_config.to_dict(),
+        "train_config": train_config.to_dict(),
+        "selected_epoch": outcome.selected_epoch,
         "epochs": len(outcome.epochs),
         "train_images": len(splits["train"].coco.images),
-        "min_size": args.min_size,
+        "min_size": model_config.min_size,
         "train_minutes": outcome.seconds / 60,
         "train_images_per_second": outcome.images_per_second,
         "inference_images_per_second": inference_rate,
         "test": test,
         "validation_per_epoch": outcome.epochs,
         "plots": [str(path) for path in version.plots],
+        "test_predictions": compact(predictions),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 
-    table = Table(title=f"{model_config.arch}, {len(outcome.epochs)} epochs at {args.min_size} px on {device}")
+    title = f"{args.recipe}: {model_config.arch}, {len(outcome.epochs)} epochs, {model_config.min_size} px, {device}"
+    table = Table(title=title)
     for column in ("test mAP@50", "test mAP@75", "test mAP", "test AUROC", "train img/s", "infer img/s", "train min"):
         table.add_column(column, justify="right")
     table.add_row(
-        *(f"{value:.3f}" for value in (test["mAP50"], test["mAP75"], test["mAP"], test["auroc"])),
+        *("-" if v is None else f"{v:.3f}" for v in (test["mAP50"], test["mAP75"], test["mAP"], test["auroc"])),
         f"{outcome.images_per_second:.2f}",
         f"{inference_rate:.2f}",
         f"{outcome.seconds / 60:.1f}",

@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from detection.tta import detect
+
 # torchvision's loss names, and the names people know them by.
 LOSS_NAMES = {
     "loss": "total",
@@ -59,6 +61,7 @@ def train_one_epoch(
     loss_log: LossLog,
     *,
     scaler: torch.amp.GradScaler | None = None,
+    averaged: torch.optim.swa_utils.AveragedModel | None = None,
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
     deadline: float | None = None,
 ) -> int:
@@ -88,6 +91,8 @@ def train_one_epoch(
             total.backward()
             optimizer.step()
         scheduler.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
 
         lr = optimizer.param_groups[0]["lr"]
         loss_log.append(epoch, iterations, lr, values)
@@ -126,6 +131,7 @@ def predict_batches(
     loader: DataLoader,
     device: torch.device,
     *,
+    flip_tta: bool = False,
     description: str = "predict",
 ) -> list[dict[str, Any]]:
     """Run the model over ``loader``; one ``{"image_id", "boxes", "scores", "labels"}`` per image."""
@@ -134,7 +140,7 @@ def predict_batches(
     for images, targets in tqdm(loader, desc=description, unit="batch", leave=False, dynamic_ncols=True):
         images = [image.to(device) for image in images]
         with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
-            outputs = model(images)
+            outputs = detect(model, images, flip_tta=flip_tta)
         for target, output in zip(targets, outputs, strict=True):
             results.append(
                 {

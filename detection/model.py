@@ -22,6 +22,7 @@ from torchvision.models.detection.backbone_utils import (
     mobilenet_backbone,
     resnet_fpn_backbone,
 )
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -43,6 +44,15 @@ class ModelConfig:
     # and the CLI apply their own display threshold.
     box_score_thresh: float = 0.01
     detections_per_image: int = 100
+    # Anchor sizes (pixels at the resized scale) per FPN level, finest first, and their ratios.
+    anchor_sizes: list[list[int]] = field(default_factory=lambda: [[16, 24], [32, 48], [64, 96], [128, 256]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    # Width of the box head's two fully connected layers (torchvision's TwoMLPHead uses 1024).
+    box_head_size: int = 1024
+    # Shorter sides drawn at random per training image (multi-scale training); empty = min_size only.
+    train_min_sizes: list[int] = field(default_factory=list)
+    # Predict on the image and its mirror and fuse the two (see detection/tta.py).
+    flip_tta: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -66,8 +76,9 @@ class Architecture:
 
 
 def _common_kwargs(config: ModelConfig) -> dict[str, Any]:
+    # torchvision draws a training size from ``min_size`` and evaluates at its last entry.
     return {
-        "min_size": config.min_size,
+        "min_size": (*config.train_min_sizes, config.min_size),
         "max_size": config.max_size,
         "box_score_thresh": config.box_score_thresh,
         "box_detections_per_img": config.detections_per_image,
@@ -86,15 +97,19 @@ def _mobilenet_v2_fpn(config: ModelConfig) -> FasterRCNN:
         out_channels=128,
         extra_blocks=LastLevelMaxPool(),
     )
+    if len(config.anchor_sizes) != 4:
+        raise ValueError("mobilenet_v2_fpn needs anchor sizes for 4 levels (1/8, 1/16, 1/32, 1/64)")
     anchors = AnchorGenerator(
-        sizes=((16, 24), (32, 48), (64, 96), (128, 256)),
-        aspect_ratios=((0.5, 1.0, 2.0),) * 4,
+        sizes=tuple(tuple(sizes) for sizes in config.anchor_sizes),
+        aspect_ratios=(tuple(config.aspect_ratios),) * 4,
     )
+    roi_size = 7
     return FasterRCNN(
         backbone,
-        num_classes=config.num_classes,
         rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2),
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2"], output_size=roi_size, sampling_ratio=2),
+        box_head=TwoMLPHead(backbone.out_channels * roi_size**2, config.box_head_size),
+        box_predictor=FastRCNNPredictor(config.box_head_size, config.num_classes),
         # Lean proposal and RoI budgets: a CPU trains about three times faster with them, and an
         # X-ray holds a handful of fractures, not COCO's crowds.
         rpn_pre_nms_top_n_train=1000,

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from detection.data import CocoDetection, CocoFile, collate, eval_transforms, train_transforms
 from detection.engine import LossLog, predict_batches, train_one_epoch
@@ -39,6 +40,14 @@ class TrainConfig:
     time_budget_minutes: float | None = None
     image_threshold: float = 0.5
     seed: int = 0
+    # Share of each epoch's draws that are X-rays with a fracture (sampled with replacement);
+    # None keeps the data's own mix.
+    positive_fraction: float | None = None
+    # Exponential moving average of the weights, evaluated and saved instead of the raw ones;
+    # None trains without it.
+    ema_decay: float | None = None
+    # Validation metric whose best epoch is kept (model selection on val); None keeps the last.
+    select_on: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +109,7 @@ class TrainingOutcome:
     pretrained_from: str | None
     seconds: float
     images_seen: int
+    selected_epoch: int | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -126,16 +136,40 @@ def make_loader(
     # A generator seeded per epoch fixes the order and the workers' augmentation seeds, so a
     # resumed run sees the same batches as an uninterrupted one.
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    sampler = None
+    if shuffle and config.positive_fraction is not None:
+        sampler = positive_sampler(dataset, config.positive_fraction, generator)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=config.workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         generator=generator,
         persistent_workers=False,
     )
+
+
+def positive_sampler(dataset: Dataset, fraction: float, generator: torch.Generator) -> WeightedRandomSampler:
+    """Draws X-rays with a fracture ``fraction`` of the time (an epoch keeps its length)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"positive_fraction must lie strictly between 0 and 1, not {fraction}")
+    positive = torch.tensor([bool(record.boxes) for record in dataset.coco.images])
+    count = int(positive.sum())
+    if count in (0, len(positive)):  # one kind only: nothing to rebalance
+        weights = torch.ones(len(positive), dtype=torch.float64)
+    else:
+        weights = torch.where(positive, fraction / count, (1.0 - fraction) / (len(positive) - count)).double()
+    return WeightedRandomSampler(weights, num_samples=len(positive), replacement=True, generator=generator)
+
+
+def weight_average(model: torch.nn.Module, config: TrainConfig) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights (frozen BatchNorm has nothing to average)."""
+    if config.ema_decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_iterations: int):
@@ -195,7 +229,9 @@ def fit(
     iterations_per_epoch = -(-len(train_set) // train_config.batch_size)
     optimizer, scheduler = make_optimizer(model, train_config, train_config.epochs * iterations_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    averaged = weight_average(model, train_config)
     loss_log, epochs, start_epoch = LossLog(), [], 1
+    best: dict[str, Any] = {"epoch": None, "value": float("-inf"), "state": None}
 
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if resume and checkpoint_path.exists():
@@ -205,9 +241,13 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if averaged is not None and state.get("averaged"):
+            averaged.load_state_dict(state["averaged"])
+        best = state.get("best") or best
         loss_log, epochs, start_epoch = LossLog(state["iterations"]), state["epochs"], state["epoch"] + 1
         log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
 
+    served = averaged.module if averaged is not None else model  # what is validated and published
     deadline = time.monotonic() + 60 * train_config.time_budget_minutes if train_config.time_budget_minutes else None
     started, images_seen = time.monotonic(), 0
     for epoch in range(start_epoch, train_config.epochs + 1):
@@ -222,25 +262,32 @@ def fit(
             epoch,
             loss_log,
             scaler=scaler,
+            averaged=averaged,
             on_iteration=on_iteration,
             deadline=deadline,
         )
         images_seen += min(iterations * train_config.batch_size, len(train_set))
         summary = {"epoch": epoch, "iterations": iterations, **loss_log.epoch_means(epoch)}
         if val_split is not None:
-            metrics, _ = evaluate_split(model, val_split, train_config, device, description=f"validate {epoch}")
+            metrics, _ = evaluate_split(
+                served, val_split, train_config, device, flip_tta=model_config.flip_tta, description=f"validate {epoch}"
+            )
             summary.update(metrics)
         epochs.append(summary)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
-        save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, epoch, loss_log, epochs)
+        if train_config.select_on and (summary.get(train_config.select_on) or 0.0) > best["value"]:
+            best = {"epoch": epoch, "value": summary.get(train_config.select_on) or 0.0, "state": _cpu_copy(served)}
+        save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, epoch, loss_log, epochs, best)
         if on_epoch is not None:
             on_epoch(summary)
         if deadline is not None and time.monotonic() >= deadline:
             log.info("time budget of %s min reached after epoch %d", train_config.time_budget_minutes, epoch)
             break
 
+    if best["state"] is not None:
+        served.load_state_dict(best["state"])
     return TrainingOutcome(
-        model=model.eval(),
+        model=served.eval(),
         model_config=model_config,
         train_config=train_config,
         loss_log=loss_log,
@@ -249,7 +296,12 @@ def fit(
         pretrained_from=pretrained_from,
         seconds=time.monotonic() - started,
         images_seen=images_seen,
+        selected_epoch=best["epoch"],
     )
+
+
+def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
 
 
 def evaluate_split(
@@ -258,16 +310,17 @@ def evaluate_split(
     config: TrainConfig,
     device: torch.device,
     *,
+    flip_tta: bool = False,
     description: str = "evaluate",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics of ``model`` on ``split``, and the predictions they were computed from."""
     loader = make_loader(split.dataset(eval_transforms()), config, device, shuffle=False)
-    predictions = predict_batches(model, loader, device, description=description)
+    predictions = predict_batches(model, loader, device, flip_tta=flip_tta, description=description)
     return evaluate_predictions(split.coco, predictions, image_threshold=config.image_threshold), predictions
 
 
 def save_checkpoint(
-    path: Path, model, optimizer, scheduler, scaler, epoch: int, loss_log: LossLog, epochs: list
+    path: Path, model, optimizer, scheduler, scaler, averaged, epoch: int, loss_log: LossLog, epochs: list, best: dict
 ) -> None:
     temporary = path.with_suffix(".tmp")
     torch.save(
@@ -276,9 +329,11 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
+            "averaged": averaged.state_dict() if averaged is not None else None,
             "epoch": epoch,
             "iterations": loss_log.iterations,
             "epochs": epochs,
+            "best": best,
         },
         temporary,
     )

@@ -51,7 +51,12 @@ def staged_outcome(
         plot_validation(outcome.epochs, plots / "validation.png")
         if test_split is not None:
             test_metrics, predictions = evaluate_split(
-                outcome.model, test_split, outcome.train_config, outcome.device, description="test"
+                outcome.model,
+                test_split,
+                outcome.train_config,
+                outcome.device,
+                flip_tta=outcome.model_config.flip_tta,
+                description="test",
             )
             metrics["test"] = test_metrics
             plot_prediction_grid(grid_samples(test_split, predictions), plots / "test_predictions.png")

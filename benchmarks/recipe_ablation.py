@@ -1,0 +1,206 @@
+"""Ablation of the detector's training recipe on FracAtlas: one lever at a time, same seed, same budget.
+
+Every variant is the ``base`` recipe with one lever changed (``all`` turns every lever on and
+doubles the schedule); each trains on FracAtlas train, selects nothing (the last epoch is
+evaluated) and is tested on FracAtlas test with and without horizontal-flip TTA. One variant per
+process, so variants can run side by side on one GPU; ``--report`` gathers their JSON into a
+table (markdown) and a plot.
+
+    # GPU, all variants side by side (what benchmarks/reported/recipe_ablation_gpu.* came from):
+    for v in base res800 multiscale anchors positives ema light_head long all; do
+        python benchmarks/recipe_ablation.py --variant $v --epochs 10 --out runs/ablation &
+    done; wait
+    python benchmarks/recipe_ablation.py --report runs/ablation --title "H100, 10 epochs"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detection.data import eval_transforms
+from detection.recipes import Recipe
+from detection.training import Initialisation, TrainConfig, choose_device, evaluate_split, fit, load_splits, make_loader
+
+HIGH_RES = {"min_size": 800, "max_size": 1333}
+
+
+def variants(epochs: int, batch_size: int, lr: float, workers: int) -> dict[str, Recipe]:
+    base_train = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "workers": workers}
+    levers: dict[str, tuple[str, dict[str, Any], dict[str, Any], bool]] = {
+        "base": ("512 px, default anchors, 1024-wide box head", {}, {}, False),
+        "res800": ("800 px input", HIGH_RES, {}, False),
+        "multiscale": ("shorter side drawn from 384-640 px in training", {"train_min_sizes": [384, 448, 576, 640]}, {},
+                       False),
+        "anchors": ("anchors fitted to the training boxes", {}, {}, True),
+        "positives": ("X-rays with a fracture at 65% of draws", {}, {"positive_fraction": 0.65}, False),
+        "ema": ("weight EMA (decay 0.998)", {}, {"ema_decay": 0.998}, False),
+        "light_head": ("256-wide box head", {"box_head_size": 256}, {}, False),
+        "long": (f"{2 * epochs} epochs", {}, {"epochs": 2 * epochs}, False),
+        "all": (
+            "800 px, multi-scale 640-960, fitted anchors, 65% fractures, EMA, double schedule",
+            {**HIGH_RES, "train_min_sizes": [640, 704, 768, 832, 896, 960]},
+            {"positive_fraction": 0.65, "ema_decay": 0.998, "epochs": 2 * epochs},
+            True,
+        ),
+    }
+    return {
+        name: Recipe(name, description, model=model, train={**base_train, **train}, fit_anchors=anchors)
+        for name, (description, model, train, anchors) in levers.items()
+    }
+
+
+@torch.inference_mode()
+def inference_images_per_second(model: torch.nn.Module, split, config: TrainConfig, device: torch.device) -> float:
+    loader = make_loader(split.dataset(eval_transforms()), TrainConfig(batch_size=1, workers=0), device, shuffle=False)
+    images = [batch[0][0].to(device) for _, batch in zip(range(40), loader, strict=False)]
+    model.eval()
+    for image in images[:5]:  # warm-up
+        model([image])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for image in images:
+        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+            model([image])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(images) / (time.perf_counter() - started)
+
+
+def run_variant(recipe: Recipe, data: Path, out: Path, device: torch.device, seed: int) -> dict[str, Any]:
+    splits = load_splits(data)
+    model_config, train_config = recipe.configs(splits["train"].coco, train=TrainConfig(seed=seed))
+    outcome = fit(
+        model_config,
+        train_config,
+        splits["train"],
+        splits["val"],
+        out / "runs" / recipe.name,
+        device=device,
+        init=Initialisation(),
+        on_epoch=lambda summary: print(recipe.name, json.dumps(summary), flush=True),
+    )
+    test, _ = evaluate_split(outcome.model, splits["test"], train_config, device)
+    test_tta, _ = evaluate_split(outcome.model, splits["test"], train_config, device, flip_tta=True)
+    return {
+        "variant": recipe.name,
+        "description": recipe.description,
+        "model_config": model_config.to_dict(),
+        "train_config": train_config.to_dict(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "epochs_run": len(outcome.epochs),
+        "train_minutes": outcome.seconds / 60,
+        "train_images_per_second": outcome.images_per_second,
+        "inference_images_per_second": inference_images_per_second(outcome.model, splits["test"], train_config, device),
+        "validation_per_epoch": [
+            {k: v for k, v in epoch.items() if k != "image_threshold"} for epoch in outcome.epochs
+        ],
+        "test": test,
+        "test_flip_tta": test_tta,
+    }
+
+
+COLUMNS = (
+    ("test mAP@50", lambda r: r["test"]["mAP50"]),
+    ("test mAP@75", lambda r: r["test"]["mAP75"]),
+    ("test AR@100", lambda r: r["test"]["AR100"]),
+    ("test AUROC", lambda r: r["test"]["auroc"]),
+    ("+flip TTA mAP@50", lambda r: r["test_flip_tta"]["mAP50"]),
+    ("+flip TTA AUROC", lambda r: r["test_flip_tta"]["auroc"]),
+    ("train img/s", lambda r: r["train_images_per_second"]),
+    ("infer img/s", lambda r: r["inference_images_per_second"]),
+)
+
+
+def report(folder: Path, title: str) -> str:
+    results = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    if not results:
+        raise SystemExit(f"no variant results in {folder}")
+    order = list(variants(1, 1, 0.0, 0))
+    results.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
+    lines = [
+        f"Recipe ablation, {title}: FracAtlas test (132 X-rays, 67 boxes); "
+        "img/s measured with the variants side by side",
+        "",
+        "| variant | lever | epochs | " + " | ".join(name for name, _ in COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for result in results:
+        cells = [f"{get(result):.3f}" if get(result) is not None else "-" for _, get in COLUMNS]
+        lines.append(f"| {result['variant']} | {result['description']} | {result['epochs_run']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    table = "\n".join(lines) + "\n"
+    (folder / "table.md").write_text(table)
+    plot(results, folder / "recipe_ablation.png", title)
+    return table
+
+
+def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.5))
+    names = [r["variant"] for r in results]
+    positions = range(len(results))
+    bars.bar([p - 0.2 for p in positions], [r["test"]["mAP50"] or 0 for r in results], 0.4, label="test mAP@50")
+    bars.bar([p + 0.2 for p in positions], [r["test_flip_tta"]["mAP50"] or 0 for r in results], 0.4,
+             label="with flip TTA")
+    base = next((r["test"]["mAP50"] for r in results if r["variant"] == "base"), None)
+    if base is not None:
+        bars.axhline(base, color="grey", linestyle=":", label="base")
+    bars.set_xticks(list(positions), names, rotation=30)
+    bars.set_ylabel("mAP@50")
+    bars.legend()
+    for result in results:
+        epochs = result["validation_per_epoch"]
+        curves.plot([e["epoch"] for e in epochs], [e.get("mAP50") or 0 for e in epochs], label=result["variant"])
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation mAP@50")
+    curves.legend(fontsize=7)
+    figure.suptitle(f"Recipe ablation ({title})")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/recipe_ablation"))
+    parser.add_argument("--variant", choices=list(variants(1, 1, 0.0, 0)))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget", type=float, help="Safety stop for training, minutes (reported).")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--report", type=Path, help="Gather the JSON of a finished run folder instead.")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args()
+    if args.report:
+        print(report(args.report, args.title))
+        return
+    if not args.variant:
+        parser.error("--variant or --report is required")
+    recipe = variants(args.epochs, args.batch_size, args.lr, args.workers)[args.variant]
+    if args.time_budget:
+        recipe = replace(recipe, train={**recipe.train, "time_budget_minutes": args.time_budget})
+    result = run_variant(recipe, args.data, args.out, choose_device(args.device), args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.variant}.json").write_text(json.dumps(result, indent=2))
+    print(args.variant, json.dumps(result["test"]), json.dumps(result["test_flip_tta"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
