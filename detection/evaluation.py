@@ -10,6 +10,7 @@ import contextlib
 import copy
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from sklearn.metrics import roc_auc_score
 
+from detection.bootstrap import bootstrap_interval
 from detection.data import CocoFile
 
 COCO_STAT_NAMES = {0: "mAP", 1: "mAP50", 2: "mAP75", 8: "AR100"}
@@ -106,4 +108,129 @@ def image_level_metrics(
         "specificity": float((~flagged & ~truth).sum() / negatives) if negatives else None,
         "auroc": float(roc_auc_score(truth, score)) if positives and negatives else None,
         "image_threshold": threshold,
+    }
+
+
+@dataclass(frozen=True)
+class ImageMatches:
+    """One image's detections matched to its boxes at one IoU threshold, as COCOeval matches them.
+
+    COCO matching is decided image by image, so the AP of any multiset of images (a bootstrap
+    resample) follows from these records without running COCOeval again.
+    """
+
+    image_id: int
+    boxes: int  # ground-truth boxes
+    scores: np.ndarray  # detection scores, highest first
+    matched: np.ndarray  # bool per detection: a true positive at the IoU threshold
+
+    @property
+    def image_score(self) -> float:
+        return float(self.scores.max(initial=0.0))
+
+
+def match_detections(
+    coco: CocoFile, predictions: Sequence[dict[str, Any]], *, iou_threshold: float = 0.5
+) -> list[ImageMatches]:
+    """Per-image matches at ``iou_threshold`` (all classes pooled, as the fracture detector has one)."""
+    category_of_label = {label: category for category, label in coco.label_of_category.items()}
+    detections = [
+        {"image_id": p["image_id"], "category_id": category_of_label[int(label)], "bbox": [x1, y1, x2 - x1, y2 - y1],
+         "score": float(score)}
+        for p in predictions
+        for (x1, y1, x2, y2), score, label in zip(
+            np.asarray(p["boxes"], dtype=float).reshape(-1, 4).tolist(),
+            np.asarray(p["scores"], dtype=float).tolist(),
+            np.asarray(p["labels"]).tolist(),
+            strict=True,
+        )
+    ]  # fmt: skip
+    image_ids = [p["image_id"] for p in predictions]
+    ground_truth = _coco_api(coco.content)
+    boxes = {image_id: len(ground_truth.getAnnIds(imgIds=[image_id])) for image_id in image_ids}
+    if not detections:
+        return [ImageMatches(image_id, boxes[image_id], np.zeros(0), np.zeros(0, bool)) for image_id in image_ids]
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(detections), iouType="bbox")
+        evaluator.params.imgIds = image_ids
+        evaluator.params.iouThrs = np.array([iou_threshold])
+        evaluator.params.areaRng = [evaluator.params.areaRng[0]]  # "all"
+        evaluator.params.areaRngLbl = ["all"]
+        evaluator.evaluate()
+    pooled: dict[int, tuple[list[float], list[bool]]] = {}
+    for record in evaluator.evalImgs:
+        if record is None:
+            continue
+        scores, matched = pooled.setdefault(record["image_id"], ([], []))
+        scores.extend(record["dtScores"])
+        matched.extend(bool(m) for m in record["dtMatches"][0])
+    result = []
+    for image_id in image_ids:
+        scores, matched = pooled.get(image_id, ([], []))
+        order = np.argsort(-np.asarray(scores), kind="mergesort")
+        result.append(ImageMatches(image_id, boxes[image_id], np.asarray(scores)[order],
+                                   np.asarray(matched, dtype=bool)[order]))  # fmt: skip
+    return result
+
+
+def average_precision(images: Sequence[ImageMatches]) -> float | None:
+    """AP of a multiset of matched images, with COCOeval's 101-point interpolated precision."""
+    total = sum(image.boxes for image in images)
+    if total == 0:
+        return None
+    scores = np.concatenate([image.scores for image in images]) if images else np.zeros(0)
+    matched = np.concatenate([image.matched for image in images]).astype(bool) if images else np.zeros(0, bool)
+    if not len(scores):
+        return 0.0
+    order = np.argsort(-scores, kind="mergesort")
+    true_positives = np.cumsum(matched[order])
+    false_positives = np.cumsum(~matched[order])
+    recall = true_positives / total
+    precision = true_positives / np.maximum(true_positives + false_positives, np.spacing(1))
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # the precision envelope
+    points = np.searchsorted(recall, np.linspace(0.0, 1.0, 101), side="left")
+    return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in points]))
+
+
+def sensitivity_at(images: Sequence[ImageMatches], threshold: float) -> float | None:
+    """Share of X-rays with a fracture whose best box scores at least ``threshold``."""
+    fractured = [image for image in images if image.boxes]
+    if not fractured:
+        return None
+    return sum(image.image_score >= threshold for image in fractured) / len(fractured)
+
+
+def specificity_at(images: Sequence[ImageMatches], threshold: float) -> float | None:
+    healthy = [image for image in images if not image.boxes]
+    if not healthy:
+        return None
+    return sum(image.image_score < threshold for image in healthy) / len(healthy)
+
+
+def auroc_of(images: Sequence[ImageMatches]) -> float | None:
+    truth = [bool(image.boxes) for image in images]
+    if all(truth) or not any(truth):
+        return None
+    return float(roc_auc_score(truth, [image.image_score for image in images]))
+
+
+def metrics_with_intervals(
+    coco: CocoFile, predictions: Sequence[dict[str, Any]], *, threshold: float = 0.5, resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """mAP@50, mAP@75, AUROC, sensitivity and specificity at ``threshold``, each with a bootstrap
+    95% interval over the X-rays."""
+    at_50 = match_detections(coco, predictions)
+    at_75 = match_detections(coco, predictions, iou_threshold=0.75)
+    pairs = list(zip(at_50, at_75, strict=True))
+    statistics = {
+        "mAP50": lambda s: average_precision([a for a, _ in s]),
+        "mAP75": lambda s: average_precision([b for _, b in s]),
+        "auroc": lambda s: auroc_of([a for a, _ in s]),
+        "sensitivity": lambda s: sensitivity_at([a for a, _ in s], threshold),
+        "specificity": lambda s: specificity_at([a for a, _ in s], threshold),
+    }
+    return {
+        name: bootstrap_interval(pairs, statistic, resamples=resamples, seed=seed).to_dict()
+        for name, statistic in statistics.items()
     }

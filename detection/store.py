@@ -66,6 +66,11 @@ class ModelVersion:
         return self.read_json("metrics.json")
 
     @property
+    def provenance(self) -> dict[str, Any]:
+        """What the version was made from (see detection/provenance.py); empty for older versions."""
+        return self.read_json("provenance.json")
+
+    @property
     def plots(self) -> list[Path]:
         return sorted((self.path / "plots").glob("*.png"))
 

@@ -85,12 +85,17 @@ class Settings(BaseSettings):
     retrain_time_budget_minutes: float | None = None
     retrain_job_timeout_seconds: int = 6 * 3600
     job_retries: int = 2
-    # A fixed validation set (a data folder with val.json and images/); without it, the tasks whose
-    # data has `validation_field` == "val" are the validation set.
+    # A fixed validation set (a data folder with val.json and images/); without it, the project's
+    # tasks whose data has `split: val` are, and labelled tasks without a split are assigned one
+    # once: `validation_share` of them go to validation (see worker/validation.py).
     validation_data: Path | None = None
-    validation_field: str = "split"
-    gate_metric: str = "mAP50"
-    gate_min_delta: float = 0.0
+    validation_share: float = 0.2
+    # The quality gate (worker/gate.py): the validation set it needs, and what "better" means.
+    gate_min_validation_images: int = 20
+    gate_min_validation_fractures: int = 10
+    gate_min_delta: float = 0.01
+    gate_confidence: float = 0.9
+    gate_sensitivity_margin: float = 0.05
     scoring_chunk_size: int = 32
     # The review queue (see sampling/queue.py): how unlabelled X-rays are ranked after each scoring.
     score_with_tta: bool = True

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from detection.predictor import ImagePrediction
+from integrations.task_fields import SPLIT_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, ta
         if annotation is not None:
             truth = [(class_of_label[label], box) for label, box in annotation_boxes(annotation, target, width, height)
                      if label in class_of_label]  # fmt: skip
-        fields = {"task_id": task.id, "split": data.get("split", "train" if truth is not None else "unlabelled")}
+        fields = {"task_id": task.id, "split": data.get(SPLIT_FIELD, "train" if truth is not None else "unlabelled")}
         fields.update({k: v for k, v in data.items() if k.startswith("dicom_") or k == "review_rank"})
         images.append(LabelledImage(path, width, height, truth, fields))
     return images

@@ -195,6 +195,14 @@ def write_review_queue(client: LabelStudio, project_id: int, model_version: str,
     return written
 
 
+def write_task_fields(client: LabelStudio, values: dict[int, dict[str, Any]]) -> int:
+    """Merge ``{task id: {field: value}}`` into each task's data; returns how many were written."""
+    for task_id, fields in values.items():
+        task = client.tasks.get(id=str(task_id))
+        client.tasks.update(id=str(task_id), data={**task.data, **fields})
+    return len(values)
+
+
 REVIEW_VIEW_TITLE = "Review queue"
 REVIEW_REQUEST_FIELD = "review_request"
 

@@ -13,6 +13,7 @@ from label_studio_sdk import LabelStudio
 from integrations.dataset_folder import DatasetFolder, DatasetImage
 from integrations.label_config import RectangleTarget, rectangle_target
 from integrations.regions import prediction_regions
+from integrations.task_fields import SPLIT_FIELD
 
 BoxesAs = Literal["annotations", "predictions"]
 SHA_FIELD = "source_sha256"
@@ -79,7 +80,7 @@ def _task(image: DatasetImage, folder: str, target: RectangleTarget, boxes_as: B
     url = f"/data/local-files/?d={folder}/{image.file_name}"
     data: dict[str, Any] = {target.value_key: url, SHA_FIELD: image.sha256}
     if image.labelled:
-        data["split"] = image.split
+        data[SPLIT_FIELD] = image.split
     data.update({f"dicom_{name}": value for name, value in image.metadata.items()})
     task: dict[str, Any] = {"data": data}
     if not image.labelled:

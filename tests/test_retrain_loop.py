@@ -26,6 +26,7 @@ from detection.store import ModelStore
 from fracture_al.settings import Settings
 from integrations.label_config import FRACTURE_LABEL_CONFIG
 from integrations.label_studio_server import LabelStudioServer
+from worker.validation import held_out_draw, new_assignments
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,8 @@ def kill_tree(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def make_project(client: LabelStudio, label_studio: LabelStudioServer, sample_dir: Path, name: str) -> tuple[int, list]:
+def make_project(client: LabelStudio, label_studio: LabelStudioServer, sample_dir: Path, name: str,
+                 validation_task: int | None = 4) -> tuple[int, list]:  # fmt: skip
     """A project of 8 sample X-rays in local-files storage; the 5th is marked as validation."""
     project = client.projects.create(title=name, label_config=FRACTURE_LABEL_CONFIG)
     folder = label_studio.local_files_root / name
@@ -106,8 +108,8 @@ def make_project(client: LabelStudio, label_studio: LabelStudioServer, sample_di
     client.import_storage.local.create(project=project.id, path=str(folder), use_blob_urls=True)
     client.projects.import_tasks(
         id=project.id,
-        request=[{"image": f"/data/local-files/?d={name}/{path.name}", **({"split": "val"} if i == 4 else {})}
-                 for i, path in enumerate(images)],
+        request=[{"image": f"/data/local-files/?d={name}/{path.name}",
+                  **({"split": "val"} if i == validation_task else {})} for i, path in enumerate(images)],
     )  # fmt: skip
     return project.id, sorted(client.tasks.list(project=project.id), key=lambda task: task.id)
 
@@ -120,8 +122,13 @@ def annotate(client: LabelStudio, task_id: int, boxes: bool = True) -> None:
 def test_annotations_retrain_publish_and_refresh_predictions(
     label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker
 ) -> None:
+    # A gate that passes any candidate once it has one validation fracture: this test is about the
+    # loop; the rule itself is tested in test_gate.py and below.
     env = loop_environment(home, redis_url, queue_prefix, label_studio, FRACTURE_AL_RETRAIN_EPOCHS="1",
-                           FRACTURE_AL_GATE_MIN_DELTA="-1", FRACTURE_AL_PREDICT_SCORE_THRESHOLD="0")  # fmt: skip
+                           FRACTURE_AL_GATE_MIN_DELTA="-1", FRACTURE_AL_GATE_CONFIDENCE="0",
+                           FRACTURE_AL_GATE_SENSITIVITY_MARGIN="1", FRACTURE_AL_GATE_MIN_VALIDATION_IMAGES="1",
+                           FRACTURE_AL_GATE_MIN_VALIDATION_FRACTURES="1", FRACTURE_AL_VALIDATION_SHARE="0",
+                           FRACTURE_AL_PREDICT_SCORE_THRESHOLD="0")  # fmt: skip
     settings = Settings(home=home, device="cpu", redis_url=redis_url, queue_prefix=queue_prefix,
                         retrain_min_new_annotations=5, predict_score_threshold=0.0)  # fmt: skip
     app = create_app(settings)
@@ -148,6 +155,14 @@ def test_annotations_retrain_publish_and_refresh_predictions(
         config = version.read_json("config.json")
         assert config["data"]["train"]["count"] == 4 and config["data"]["val"]["count"] == 1
         assert config["pretrained_from"].endswith("v0001/model.pt")  # warm-started from the served model
+        provenance = version.provenance
+        assert provenance["gate"]["passed"] and provenance["gate"]["validation_images"] == 1
+        assert "mAP@50" in provenance["gate"]["reason"] and provenance["gate"]["delta_map50"] is not None
+        assert sorted(r["image_id"] for r in provenance["trained_on"]) == [t.id for t in tasks[:4]]
+        assert [r["image_id"] for r in provenance["validated_on"]] == [tasks[4].id]
+        assert all(len(r["sha256"]) == 64 and r["annotation_id"] for r in provenance["trained_on"])
+        # The tasks labelled without a split were given one (share 0: training), where annotators see it.
+        assert [client.tasks.get(id=t.id).data.get("split") for t in tasks[:5]] == ["train"] * 4 + ["val"]
 
         unlabelled = tasks[5:]
         reply = requests.post(
@@ -258,3 +273,44 @@ def test_review_queue_written_to_label_studio_is_the_queue_the_cli_prints(
     assert [e["uncertainty"] for e in plain["entries"]] == sorted((e["uncertainty"] for e in plain["entries"]),
                                                                    reverse=True)  # fmt: skip
     assert sorted(e["task_id"] for e in plain["entries"]) == sorted(queued)
+
+
+def test_a_project_without_validation_tasks_gets_a_frozen_set_and_no_ungated_model(
+    label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker
+) -> None:
+    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    project_id, tasks = make_project(client, label_studio, sample_dir, "frozen", validation_task=None)
+    # A share that puts exactly half of the 8 tasks in validation, whatever ids Label Studio gave them.
+    draws = sorted(held_out_draw(task.id) for task in tasks)
+    share = (draws[3] + draws[4]) / 2
+    expected = new_assignments([{"id": task.id, "data": {}} for task in tasks], share)
+    env = loop_environment(home, redis_url, queue_prefix, label_studio, FRACTURE_AL_RETRAIN_EPOCHS="1",
+                           FRACTURE_AL_VALIDATION_SHARE=str(share))  # fmt: skip
+    for task in tasks:
+        annotate(client, task.id)
+    queued = cli(env, "retrain", "--project", str(project_id))
+    assert queued.returncode == 0, queued.stderr
+    start_worker(env, "--burst").wait(timeout=300)
+
+    written = {task.id: client.tasks.get(id=task.id).data.get("split") for task in tasks}
+    assert written == expected and sorted(written.values()) == ["train"] * 4 + ["val"] * 4
+    store = ModelStore(home / "models")
+    assert [v.name for v in store.list()] == ["v0001"] and store.current_name() == "v0001"  # nothing served
+    [kept] = store.rejected()
+    rejection = json.loads((kept / "rejection.json").read_text())
+    assert not rejection["passed"] and rejection["needs"] == {"images": 16, "fractures": 6}
+    assert "label 16 more validation X-rays and 6 more fractures" in rejection["reason"]
+    provenance = json.loads((kept / "provenance.json").read_text())
+    assert sorted(r["image_id"] for r in provenance["trained_on"]) == sorted(t for t, s in expected.items()
+                                                                             if s == "train")  # fmt: skip
+    assert sorted(r["image_id"] for r in provenance["validated_on"]) == sorted(t for t, s in expected.items()
+                                                                               if s == "val")  # fmt: skip
+    rows = json.loads(cli(env, "jobs", "--json").stdout)
+    row = next(row for row in rows if row["description"].startswith("worker.jobs.retrain_project"))
+    assert "validation set too small" in row["progress"]
+
+    # The next retrain keeps every task where it was, even with another share.
+    env["FRACTURE_AL_VALIDATION_SHARE"] = "0.9"
+    assert cli(env, "retrain", "--project", str(project_id)).returncode == 0
+    start_worker(env, "--burst").wait(timeout=300)
+    assert {task.id: client.tasks.get(id=task.id).data.get("split") for task in tasks} == expected

@@ -12,7 +12,6 @@ from rq import Queue
 from fracture_al.settings import Settings
 from integrations.label_config import rectangle_target
 from integrations.label_studio import latest_annotation, rotated_box_hull, write_coco_dataset
-from worker.gate import quality_gate
 from worker.queues import RetrainScheduler, queue_name
 from worker.triggers import RetrainTrigger
 
@@ -80,26 +79,6 @@ def test_events_survive_redis_being_down(tmp_path: Path, redis_url: str, queue_p
     assert trigger.flush() == 1  # Redis is back: the kept event is replayed
     assert trigger.spool.pending() == []
     assert Queue(queue_name(trigger.settings, "training"), connection=redis.Redis.from_url(redis_url)).count == 1
-
-
-@pytest.mark.parametrize(
-    ("candidate", "current", "passed"),
-    [
-        ({"mAP50": 0.30}, {"mAP50": 0.25}, True),
-        ({"mAP50": 0.20}, {"mAP50": 0.25}, False),
-        ({"mAP50": 0.25}, None, True),
-        (None, {"mAP50": 0.25}, True),
-        ({"mAP50": None}, {"mAP50": 0.1}, False),
-    ],
-)
-def test_quality_gate(candidate: dict | None, current: dict | None, passed: bool) -> None:
-    decision = quality_gate(candidate, current, metric="mAP50", min_delta=0.0)
-    assert decision.passed is passed
-    assert decision.reason
-
-
-def test_gate_min_delta() -> None:
-    assert not quality_gate({"mAP50": 0.26}, {"mAP50": 0.25}, metric="mAP50", min_delta=0.02).passed
 
 
 def test_latest_non_cancelled_annotation_counts() -> None:

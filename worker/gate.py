@@ -1,41 +1,110 @@
-"""The quality gate a retrained candidate must pass before it is served."""
+"""The quality gate a retrained candidate must pass before it is served.
+
+Candidate and served model are both run on the project's frozen validation X-rays, now (the set
+grows as annotators work, so the served model's metrics from its own training day are not
+comparable). The rule, with the defaults of :class:`GateRule`:
+
+1. **Enough validation.** At least ``min_images`` X-rays holding at least ``min_fractures``
+   fracture boxes; below that the candidate is kept (``models/rejected/``), never served, and the
+   decision says how many more validation labels are needed.
+2. **Better detection.** mAP@50 rises by at least ``min_delta`` (so two copies of one model are
+   never "better"), and in at least ``confidence`` of paired bootstrap resamples of the X-rays
+   (:func:`detection.bootstrap.paired_difference`).
+3. **No fewer fractures flagged.** Image-level sensitivity at the operating threshold drops by at
+   most ``sensitivity_margin``: a model that localises better but misses more fractured X-rays is
+   not an improvement for a radiologist.
+
+Every decision carries both models' metrics and the 95% paired intervals of the differences.
+Its false-accept and false-reject rates on simulated pairs are measured by
+``benchmarks/gate_error_rates.py``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from detection.bootstrap import paired_difference
+from detection.evaluation import ImageMatches, average_precision, sensitivity_at
+
+
+@dataclass(frozen=True)
+class GateRule:
+    min_images: int = 20
+    min_fractures: int = 10
+    min_delta: float = 0.01
+    confidence: float = 0.9
+    sensitivity_margin: float = 0.05
+    threshold: float = 0.5
+    resamples: int = 1000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
 class GateDecision:
     passed: bool
     reason: str
-    metric: str
-    candidate: float | None
-    current: float | None
+    validation_images: int
+    validation_fractures: int
+    candidate: dict[str, float | None]
+    current: dict[str, float | None] | None
+    delta_map50: dict[str, Any] | None = None
+    delta_sensitivity: dict[str, Any] | None = None
+    needs: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def quality_gate(
-    candidate: dict[str, Any] | None, current: dict[str, Any] | None, *, metric: str, min_delta: float
-) -> GateDecision:
-    """Publish only if ``candidate[metric]`` beats ``current[metric]`` by at least ``min_delta``.
+def summary(images: Sequence[ImageMatches], threshold: float) -> dict[str, float | None]:
+    return {"mAP50": average_precision(images), "sensitivity": sensitivity_at(images, threshold)}
 
-    Both are measured on the same validation set, now: the set grows as annotators work, so the
-    current version's metrics from its own training day are not comparable.
-    """
-    new = (candidate or {}).get(metric)
-    old = (current or {}).get(metric) if current is not None else None
-    if candidate is None:
-        return GateDecision(True, "no validation set: published without a gate", metric, None, old)
+
+def missing_validation(images: Sequence[ImageMatches], rule: GateRule) -> dict[str, int] | None:
+    """How many more validation X-rays and fractures the rule needs, or None if it has enough."""
+    needs = {
+        "images": max(0, rule.min_images - len(images)),
+        "fractures": max(0, rule.min_fractures - sum(image.boxes for image in images)),
+    }
+    return needs if any(needs.values()) else None
+
+
+def quality_gate(
+    candidate: Sequence[ImageMatches], current: Sequence[ImageMatches] | None, rule: GateRule = GateRule()
+) -> GateDecision:
+    """Decide whether ``candidate`` replaces ``current``; both matched on the same X-rays, in order."""
+    fractures = sum(image.boxes for image in candidate)
+    size = {"validation_images": len(candidate), "validation_fractures": fractures}
+    new = summary(candidate, rule.threshold)
+    needs = missing_validation(candidate, rule)
+    if needs is not None:
+        reason = (f"validation set too small ({len(candidate)} X-rays, {fractures} fractures): label "
+                  f"{needs['images']} more validation X-rays and {needs['fractures']} more fractures")  # fmt: skip
+        return GateDecision(False, reason, **size, candidate=new, current=None, needs=needs)
     if current is None:
-        return GateDecision(True, "first model: nothing to compare with", metric, new, None)
-    if new is None:
-        return GateDecision(False, f"candidate has no {metric} on the validation set", metric, new, old)
-    if old is None or new >= old + min_delta:
-        return GateDecision(
-            True, f"{metric} {new:.4f} vs current {old if old is not None else 'n/a'}", metric, new, old
-        )
-    return GateDecision(False, f"{metric} {new:.4f} is below current {old:.4f} + {min_delta}", metric, new, old)
+        return GateDecision(True, "first model: nothing to compare with", **size, candidate=new, current=None)
+    if [image.image_id for image in current] != [image.image_id for image in candidate]:
+        raise ValueError("candidate and current model were not matched on the same X-rays")
+    old = summary(current, rule.threshold)
+    options = {"resamples": rule.resamples, "seed": rule.seed}
+    delta_map = paired_difference(current, candidate, average_precision, **options)
+    delta_sensitivity = paired_difference(current, candidate, lambda s: sensitivity_at(s, rule.threshold), **options)
+    found = {"delta_map50": delta_map.to_dict(), "delta_sensitivity": delta_sensitivity.to_dict()}
+    common = {**size, "candidate": new, "current": old, **found}
+    change = (f"mAP@50 {_number(old['mAP50'])} -> {_number(new['mAP50'])} (difference 95% interval "
+              f"{_number(delta_map.low)} to {_number(delta_map.high)})")  # fmt: skip
+    if delta_map.value is None or delta_map.value < rule.min_delta:
+        return GateDecision(False, f"{change}: below the required gain of {rule.min_delta}", **common)
+    if (delta_map.probability_better or 0.0) < rule.confidence:
+        return GateDecision(False, f"{change}: better in only {delta_map.probability_better:.0%} of resamples "
+                                   f"(needs {rule.confidence:.0%})", **common)  # fmt: skip
+    if delta_sensitivity.value is not None and delta_sensitivity.value < -rule.sensitivity_margin:
+        return GateDecision(False, f"{change}, but sensitivity {_number(old['sensitivity'])} -> "
+                                   f"{_number(new['sensitivity'])} drops more than {rule.sensitivity_margin}",
+                            **common)  # fmt: skip
+    return GateDecision(True, f"{change}, better in {delta_map.probability_better:.0%} of resamples", **common)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

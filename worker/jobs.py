@@ -15,9 +15,12 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Dependency, Job
 
+from detection.evaluation import ImageMatches, match_detections
 from detection.model import ModelConfig
 from detection.predictor import Predictor
-from detection.store import ModelStore, load_model
+from detection.provenance import PROVENANCE_FILE, exported_records
+from detection.shipped_model import open_store, verify_version
+from detection.store import load_model, write_json
 from detection.training import DataSplit, Initialisation, TrainConfig, choose_device, evaluate_split, fit, load_splits
 from detection.versioning import data_sources, staged_outcome
 from fracture_al.settings import Settings
@@ -25,9 +28,10 @@ from integrations import label_studio
 from integrations.image_source import ImageSource, LabelStudioConnection
 from integrations.label_config import rectangle_target
 from integrations.task_predictions import TaskPredictor
-from worker.gate import quality_gate
+from worker.gate import GateRule, quality_gate
 from worker.queues import RetrainScheduler, enqueue_job
 from worker.review_queue import ReviewQueueStore, rank_options, rank_stored_signals
+from worker.validation import SPLIT_FIELD, TRAINING, new_assignments, split_of, with_assignments
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,7 @@ def retrain_project(project_id: int) -> dict[str, Any]:
     progress.update(stage="export", force=True)
 
     client = label_studio_client(settings)
-    store = ModelStore(settings.models_dir)
+    store = open_store(settings.models_dir)
     current = store.current() if store.current_name() else None
     class_names = current.model_config.class_names if current else ModelConfig().class_names
     project = client.projects.get(id=project_id)
@@ -80,12 +84,15 @@ def retrain_project(project_id: int) -> dict[str, Any]:
     # One folder per job id: a retried job finds its checkpoint there and resumes.
     run_dir = settings.runs_dir / (job.id if job is not None else f"retrain-{project_id}-{time.time_ns()}")
     source, connection = ImageSource.from_settings(settings), label_studio_connection(settings)
+    tasks = label_studio.export_annotated_tasks(client, project_id)
+    assigned = {} if settings.validation_data is not None else new_assignments(tasks, settings.validation_share)
+    label_studio.write_task_fields(client, {task_id: {SPLIT_FIELD: split} for task_id, split in assigned.items()})
     dataset = label_studio.write_coco_dataset(
-        label_studio.export_annotated_tasks(client, project_id),
+        with_assignments(tasks, assigned),
         target,
         lambda reference: source.fetch(reference, connection),
         run_dir / "data",
-        split_of=lambda task: "val" if task.get("data", {}).get(settings.validation_field) == "val" else "train",
+        split_of=lambda task: split_of(task) or TRAINING,
     )
     if not dataset.counts.get("train"):
         progress.update(stage="done", result="nothing to train on", force=True)
@@ -106,7 +113,7 @@ def retrain_project(project_id: int) -> dict[str, Any]:
         model_config,
         train_config,
         splits["train"],
-        validation,
+        None,  # the gate judges the finished candidate on the validation set, once
         run_dir,
         device=device,
         init=Initialisation(
@@ -119,27 +126,30 @@ def retrain_project(project_id: int) -> dict[str, Any]:
     )
 
     progress.update(stage="gate", force=True)
-    current_metrics = None
-    if current is not None and validation is not None:
-        current_model, _ = load_model(current.weights_path, device)
-        current_metrics, _ = evaluate_split(current_model, validation, train_config, device, description="current")
-    decision = quality_gate(
-        outcome.epochs[-1] if validation is not None else None,
-        current_metrics,
-        metric=settings.gate_metric,
-        min_delta=settings.gate_min_delta,
-    )
+    candidate_matches = _validation_matches(outcome.model, model_config, validation, train_config, device)
+    current_matches = None
+    if current is not None:
+        verify_version(current)
+        current_model, current_config = load_model(current.weights_path, device)
+        current_matches = _validation_matches(current_model, current_config, validation, train_config, device)
+    decision = quality_gate(candidate_matches, current_matches, gate_rule(settings))
     sources = {**data_sources(train=splits["train"], val=validation), "label_studio_project": project_id}
     with staged_outcome(store, outcome, test_split=None, data_sources=sources) as staged:
+        write_json(staged / PROVENANCE_FILE, {
+            "source": "retrained", "label_studio_project": project_id, "warm_start": current.name if current else None,
+            "trained_on": exported_records(splits["train"]),
+            "validated_on": exported_records(validation) if validation is not None else [],
+            "validation_assigned": assigned, "gate": decision.to_dict(),
+        })  # fmt: skip
         if not decision.passed:
             kept = store.reject(staged, decision.to_dict())
-            progress.update(stage="done", result="rejected", reason=decision.reason, force=True)
+            progress.update(stage="done", result="kept, not served", reason=decision.reason, force=True)
             return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept)}
         version = store.publish(staged)
 
     scoring = enqueue_job(settings, "scoring", job.connection, "worker.jobs.refresh_predictions", project_id,
                           version.name) if job is not None else None  # fmt: skip
-    progress.update(stage="done", result="published", model_version=version.name, force=True)
+    progress.update(stage="done", result="published", model_version=version.name, reason=decision.reason, force=True)
     return {
         "status": "published",
         "model_version": version.name,
@@ -177,7 +187,7 @@ def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dic
     signal_store = ReviewQueueStore(settings, job.connection) if job is not None else None
     scored = signal_store.scored_task_ids(project_id, model_version) if signal_store else set()
     predictor = Predictor.from_version(
-        ModelStore(settings.models_dir).get(model_version), choose_device(settings.device)
+        open_store(settings.models_dir).get(model_version), choose_device(settings.device)
     )
     label_config = client.projects.get(id=project_id).label_config
     tasks, predicted = [], set()
@@ -215,6 +225,27 @@ def rank_queue(project_id: int, model_version: str) -> dict[str, Any]:
                                     "entries": [entry.to_dict() for entry in entries]})  # fmt: skip
     return {"ranked": len(entries), "written": written, "unscored": len(unlabelled) - len(entries),
             "view": view_id, **options}  # fmt: skip
+
+
+def gate_rule(settings: Settings) -> GateRule:
+    return GateRule(
+        min_images=settings.gate_min_validation_images,
+        min_fractures=settings.gate_min_validation_fractures,
+        min_delta=settings.gate_min_delta,
+        confidence=settings.gate_confidence,
+        sensitivity_margin=settings.gate_sensitivity_margin,
+        threshold=settings.predict_score_threshold,
+        seed=settings.seed,
+    )
+
+
+def _validation_matches(model, model_config: ModelConfig, validation: DataSplit | None, train_config: TrainConfig,
+                        device) -> list[ImageMatches]:  # fmt: skip
+    if validation is None:
+        return []
+    _, predictions = evaluate_split(model, validation, train_config, device, flip_tta=model_config.flip_tta,
+                                    description="gate")  # fmt: skip
+    return match_detections(validation.coco, predictions)
 
 
 def _validation_split(

@@ -11,7 +11,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegi
 from fracture_al.settings import Settings
 from worker.queues import get_queue
 
-PROGRESS_KEYS = ("stage", "epoch", "iteration", "loss", "lr", "model_version", "result")
+PROGRESS_KEYS = ("stage", "epoch", "iteration", "loss", "lr", "model_version", "result", "reason")
 
 
 def job_rows(settings: Settings, connection: Redis, *, limit: int = 20) -> list[dict[str, Any]]:
