@@ -17,7 +17,8 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from backend.served_model import ServedModel
-from detection.store import ModelStore, ModelStoreError
+from detection.shipped_model import open_store
+from detection.store import ModelStoreError
 from detection.training import choose_device
 from fracture_al.settings import Settings
 from integrations.image_source import LabelStudioConnection
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     settings = settings or Settings()
     app = Flask(__name__)
     app.json.sort_keys = False
-    served = ServedModel(ModelStore(settings.models_dir), choose_device(settings.device))
+    served = ServedModel(open_store(settings.models_dir), choose_device(settings.device))
     service = TaskPredictor.from_settings(settings)
     projects = ProjectRegistry(settings)
     if event_sink is None:

@@ -12,7 +12,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from detection.model import ModelConfig
+from detection.shipped_model import verify_version
 from detection.store import ModelVersion, load_model
+from detection.tta import detect
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class Predictor:
 
     @classmethod
     def from_version(cls, version: ModelVersion, device: torch.device) -> Predictor:
+        verify_version(version)
         model, config = load_model(version.weights_path, device)
         return cls(model, config, device, version.name)
 
@@ -69,7 +72,7 @@ class Predictor:
             batch = images[start : start + batch_size]
             tensors = [self._tensor(image) for image in batch]
             with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-                outputs = self.model(tensors)
+                outputs = detect(self.model, tensors, flip_tta=self.config.flip_tta)
             results.extend(self._to_prediction(image, output) for image, output in zip(batch, outputs, strict=True))
         return results
 

@@ -45,9 +45,9 @@ def settings_of(context: click.Context) -> Settings:
 
 
 def model_store(settings: Settings):
-    from detection.store import ModelStore
+    from detection.shipped_model import open_store
 
-    return ModelStore(settings.models_dir)
+    return open_store(settings.models_dir)
 
 
 # Training and evaluation -------------------------------------------------------------------------
@@ -72,7 +72,10 @@ data_option = click.option(
 @click.option("--time-budget", type=float, default=None, help="Stop after this many minutes.")
 @click.option("--workers", type=int, default=None, help="Data-loading processes.")
 @click.option("--weights", default=None, help="Pretrained checkpoint file, or 'none' for random init.")
-@click.option("--warm-start", "warm_start", default=None, help="Start from this model version ('current' allowed).")
+@click.option("--recipe", "recipe_name", default="baseline", show_default=True,
+              help="Training recipe (detection/recipes.py: baseline, cpu, gpu); flags override it.")
+@click.option("--warm-start", "warm_start", default=None,
+              help="Fine-tune this model version, 'current', or 'shipped' (the packaged detector).")
 @click.option("--run-name", default=None, help="Name of the run folder (reuse it with --resume).")
 @click.option("--resume", is_flag=True, help="Continue the run's last checkpoint.")
 @click.option("--no-promote", is_flag=True, help="Publish without making it the current version.")
@@ -89,13 +92,18 @@ def train(
     time_budget,
     workers,
     weights,
+    recipe_name,
     warm_start,
     run_name,
     resume,
     no_promote,
 ) -> None:
     """Train a detector and publish it as a new model version."""
-    from detection.model import ModelConfig
+    from dataclasses import replace
+
+    from detection.recipes import recipe
+    from detection.shipped_model import shipped_model_config, verified_weights, verify_version
+    from detection.store import ModelStoreError
     from detection.training import Initialisation, TrainConfig, choose_device, fit
     from detection.versioning import data_sources, publish_outcome
     from detection.weights import WeightsError
@@ -103,21 +111,29 @@ def train(
     settings = settings_of(context)
     store = model_store(settings)
     splits = _load_splits(data_dir)
-    model_config = ModelConfig(
-        **_given(arch=arch, min_size=min_size, max_size=max_size), class_names=splits["train"].coco.class_names
-    )
-    train_config = TrainConfig(
-        **_given(epochs=epochs, batch_size=batch_size, lr=lr, time_budget_minutes=time_budget, workers=workers),
-        seed=settings.seed,
-    )
+    try:
+        model_config, train_config = recipe(recipe_name).configs(
+            splits["train"].coco, train=TrainConfig(seed=settings.seed)
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    model_config = replace(model_config, **_given(arch=arch, min_size=min_size, max_size=max_size))
+    train_config = replace(train_config, **_given(epochs=epochs, batch_size=batch_size, lr=lr,
+                                                  time_budget_minutes=time_budget, workers=workers))  # fmt: skip
     init = Initialisation(
         weights_file=Path(weights) if weights else None,
         weights_dirs=settings.weights_dirs,
         allow_download=settings.allow_weight_download,
     )
-    if warm_start:
-        version = store.resolve(None if warm_start == "current" else warm_start)
-        init.model_file, model_config = version.weights_path, version.model_config
+    try:
+        if warm_start == "shipped":
+            init.model_file, model_config = verified_weights(), shipped_model_config()
+        elif warm_start:
+            version = store.resolve(None if warm_start == "current" else warm_start)
+            verify_version(version)
+            init.model_file, model_config = version.weights_path, version.model_config
+    except ModelStoreError as error:
+        raise CliError(str(error)) from error
     run_dir = settings.runs_dir / (run_name or _new_run_name())
     console.print(f"training [bold]{model_config.arch}[/] on {data_dir} -> run folder {run_dir}")
     try:
@@ -156,6 +172,7 @@ def evaluate(
     context: click.Context, model_name, data_dir: Path, split: str, image_threshold: float, as_json: bool
 ) -> None:
     """COCO mAP and image-level metrics of a model version on a data split."""
+    from detection.shipped_model import verify_version
     from detection.store import load_model
     from detection.training import TrainConfig, choose_device, evaluate_split
 
@@ -165,8 +182,11 @@ def evaluate(
     if chosen is None:
         raise CliError(f"{data_dir} has no {split}.json")
     device = choose_device(settings.device)
-    model, _ = load_model(version.weights_path, device)
-    metrics, _ = evaluate_split(model, chosen, TrainConfig(image_threshold=image_threshold), device)
+    verify_version(version)
+    model, config = load_model(version.weights_path, device)
+    metrics, _ = evaluate_split(
+        model, chosen, TrainConfig(image_threshold=image_threshold), device, flip_tta=config.flip_tta
+    )
     if as_json:
         click.echo(json.dumps({"model_version": version.name, "split": split, **metrics}, indent=2))
     else:
@@ -763,13 +783,19 @@ def models() -> None:
 def models_list(context: click.Context, as_json: bool) -> None:
     store = model_store(settings_of(context))
     current = store.current_name()
-    rows = [{"version": v.name, "current": v.name == current, **_headline(v.metrics)} for v in store.list()]
+    rows = [
+        {"version": v.name, "current": v.name == current, **_headline(v.metrics),
+         "source": v.provenance.get("source", "trained"), "gate": (v.provenance.get("gate") or {}).get("reason")}
+        for v in store.list()
+    ]  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("version", "current", "test mAP@50", "test mAP@75", "test AUROC", "val mAP@50", title=str(store.root))
+    table = Table("version", "current", "source", "test mAP@50", "test mAP@75", "test AUROC", "val mAP@50", "gate",
+                  title=str(store.root))  # fmt: skip
     for row in rows:
-        table.add_row(row["version"], "*" if row["current"] else "", *(_fmt(row[k]) for k in _HEADLINE))
+        table.add_row(row["version"], "*" if row["current"] else "", row["source"],
+                      *(_fmt(row[k]) for k in _HEADLINE), row["gate"] or "")  # fmt: skip
     console.print(table)
 
 
@@ -849,8 +875,10 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
 
 
 def _print_version(version) -> None:
-    metrics = version.metrics
+    metrics, provenance = version.metrics, version.provenance
     console.print(f"model version [bold]{version.name}[/] at {version.path}")
+    if provenance:
+        _print_provenance(provenance)
     for split in ("validation", "test"):
         if metrics.get(split):
             shown = {k: v for k, v in metrics[split].items() if k in _METRIC_KEYS}
@@ -858,6 +886,33 @@ def _print_version(version) -> None:
     console.print(f"training: {metrics.get('train_images_per_second', 0):.2f} images/s")
     for plot in version.plots:
         console.print(f"plot: {plot}")
+
+
+def _print_provenance(provenance: dict[str, Any]) -> None:
+    console.print(f"source: {provenance.get('source')}" + "".join(
+        f", {key} {provenance[key]}" for key in ("label_studio_project", "warm_start", "sha256") if provenance.get(key)
+    ))  # fmt: skip
+    for key, title in (("trained_on", "trained on"), ("validated_on", "validated on")):
+        records = provenance.get(key) or []
+        if records:
+            table = Table("image id", "annotation id", "boxes", "image sha256",
+                          title=f"{title}: {len(records)} X-rays")  # fmt: skip
+            for record in records:
+                table.add_row(str(record.get("image_id")), str(record.get("annotation_id", "")),
+                              str(record.get("boxes", "")), record.get("sha256", ""))  # fmt: skip
+            console.print(table)
+    gate = provenance.get("gate")
+    if gate:
+        console.print(f"gate: {'passed' if gate['passed'] else 'kept, not served'}: {gate['reason']}")
+        for name in ("delta_map50", "delta_sensitivity"):
+            if gate.get(name):
+                d = gate[name]
+                console.print(f"  {name}: {_fmt(d['value'])} (95% interval {_fmt(d['low'])} to {_fmt(d['high'])}, "
+                              f"better in {_fmt(d['probability_better'])} of resamples)")  # fmt: skip
+    for key, value in provenance.items():
+        if key not in ("source", "label_studio_project", "warm_start", "sha256", "trained_on", "validated_on", "gate",
+                       "validation_assigned"):  # fmt: skip
+            console.print(f"{key}: {value}")
 
 
 _METRIC_KEYS = ("mAP", "mAP50", "mAP75", "AR100", "accuracy", "sensitivity", "specificity", "auroc")

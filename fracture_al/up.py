@@ -83,9 +83,11 @@ class Stack:
         self.say(f"Redis: {self.settings.redis_url or 'embedded, ' + str(self.settings.redis_file)}")
 
     def ensure_model(self) -> None:
-        from detection.store import ModelStore
+        from detection.shipped_model import open_store
 
-        if ModelStore(self.settings.models_dir).current_name():
+        store = open_store(self.settings.models_dir)  # a new home starts from the shipped detector
+        if store.current_name():
+            self.say(f"model: {store.current_name()} ({store.current().provenance.get('source', 'trained')})")
             return
         self.say("no model yet: training one on the bundled sample X-rays (a few minutes on a CPU)")
         result = subprocess.run([sys.executable, "-m", "fracture_al", "train"], env=self.environment())

@@ -194,10 +194,21 @@ def test_health_and_setup_report_the_current_version(home: Path) -> None:
     assert reply.json == {"model_version": "v0001"}
 
 
-def test_setup_without_any_model_is_503_with_advice(tmp_path: Path) -> None:
-    reply = client_for(tmp_path).post("/setup", json={"project": "1.1", "schema": CONFIG})
+def test_a_new_home_serves_the_shipped_model_and_a_tampered_one_is_503_with_advice(
+    tmp_path: Path, sample_dir: Path
+) -> None:
+    client = client_for(tmp_path / "home", local_image_root=sample_dir / "images")
+    reply = client.post("/setup", json={"project": "1.1", "schema": CONFIG})
+    assert reply.status_code == 200 and reply.json == {"model_version": "v0001"}
+    weights = tmp_path / "home" / "models" / "versions" / "v0001" / "model.pt"
+    content = bytearray(weights.read_bytes())
+    content[-100] ^= 0xFF
+    weights.write_bytes(bytes(content))
+    image = sorted((sample_dir / "images").glob("*.jpg"))[0].name
+    reply = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": image}}], "project": "1.1",
+                                          "label_config": CONFIG})  # fmt: skip
     assert reply.status_code == 503
-    assert "fracture-al train" in reply.json["error"]
+    assert "damaged or replaced" in reply.json["error"]
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,13 @@ def test_models_list_show_and_promote(trained_home: Path) -> None:
     assert missing.returncode != 0 and "v0042" in missing.stderr and "v0001" in missing.stderr
 
 
-def test_predict_without_any_model_says_to_train(tmp_path: Path, inputs: dict[str, Path]) -> None:
-    result = run_cli(tmp_path, "predict", str(inputs["jpeg"]))
-    assert result.returncode != 0
-    assert "fracture-al train" in result.stderr
+@pytest.mark.slow
+def test_a_fresh_home_predicts_with_the_shipped_model(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    result = run_cli(tmp_path, "predict", str(inputs["jpeg"]), "--json", "--threshold", "0")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)[0]
+    assert answer["model_version"] == "v0001" and answer["detections"]
+    listed = json.loads(run_cli(tmp_path, "models", "list", "--json").stdout)
+    assert [(row["version"], row["source"]) for row in listed] == [("v0001", "shipped")]
+
+

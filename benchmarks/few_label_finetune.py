@@ -1,0 +1,140 @@
+"""Few-label fine-tuning under a body-part domain shift (see benchmarks/domain_shift.py).
+
+A source model is trained on FracAtlas' non-hand train X-rays (once; cached in ``--out``), then
+fine-tuned on 25 / 50 / 100 / 200 hand X-rays of train (nested random subsets) with each
+fine-tuning recipe, and every model is tested on the hand X-rays of val + test. Recipes:
+
+    plain      the source recipe's learning rate and epochs, warm-started (the naive retrain)
+    few_label  detection.recipes.few_label_train_config: lr x 0.25, 400 iterations, EMA 0.99
+    low_lr     lr x 0.1, the source recipe's epochs
+    frozen     few_label with only the last two backbone stages trainable
+
+Each run's target-set predictions are saved, so paired bootstrap intervals can be computed
+afterwards (``--report``).
+
+    python benchmarks/few_label_finetune.py --stage source --epochs 20
+    for n in 25 50 100 200; do python benchmarks/few_label_finetune.py --stage finetune --size $n & done; wait
+    python benchmarks/few_label_finetune.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.domain_shift import domain_shift, labelled_subset, write_dataset
+from benchmarks.predictions import compact, expand
+from detection.bootstrap import paired_difference
+from detection.evaluation import average_precision, match_detections
+from detection.recipes import few_label_train_config, recipe
+from detection.store import load_model, save_model
+from detection.training import Initialisation, TrainConfig, choose_device, evaluate_split, fit, load_splits
+
+FINE_TUNE_RECIPES = ("plain", "few_label", "low_lr", "frozen")
+SIZES = (25, 50, 100, 200)
+
+
+def source_train_config(epochs: int) -> TrainConfig:
+    return replace(TrainConfig(), **{**recipe("gpu").train, "epochs": epochs, "select_on": "mAP50"})
+
+
+def train_source(out: Path, data: Path, epochs: int, device: torch.device) -> dict[str, Any]:
+    parts = domain_shift(data)
+    folder = write_dataset(out / "source", data / "images", parts["source"], parts["source_val"], parts["target"])
+    splits = load_splits(folder)
+    model_config, _ = recipe("gpu").configs(splits["train"].coco)
+    train_config = source_train_config(epochs)
+    outcome = fit(model_config, train_config, splits["train"], splits["val"], out / "runs" / "source",
+                  device=device, init=Initialisation(),
+                  on_epoch=lambda s: print("source", json.dumps(s), flush=True))
+    save_model(outcome.model, model_config, out / "source_model.pt")
+    metrics, predictions = evaluate_split(outcome.model, splits["test"], train_config, device,
+                                          flip_tta=model_config.flip_tta)
+    result = {"recipe": "source", "labelled": 0, "target": metrics, "selected_epoch": outcome.selected_epoch,
+              "train_config": train_config.to_dict(), "predictions": compact(predictions)}
+    (out / "source.json").write_text(json.dumps(result))
+    return result
+
+
+def fine_tune(out: Path, data: Path, size: int, name: str, source_epochs: int, seed: int,
+              device: torch.device) -> dict[str, Any]:
+    parts = domain_shift(data)
+    folder = write_dataset(out / f"pool-{size}", data / "images", labelled_subset(parts["pool"], size, seed),
+                           None, parts["target"])
+    splits = load_splits(folder)
+    _, model_config = load_model(out / "source_model.pt")
+    base = replace(source_train_config(source_epochs), select_on=None, positive_fraction=None, seed=seed)
+    if name == "plain":
+        train_config = base
+    elif name == "low_lr":
+        train_config = replace(base, lr=base.lr * 0.1)
+    else:
+        train_config = few_label_train_config(base, size)
+    if name == "frozen":
+        model_config = replace(model_config, trainable_backbone_layers=2)
+    outcome = fit(model_config, train_config, splits["train"], None, out / "runs" / f"{name}-{size}",
+                  device=device, init=Initialisation(model_file=out / "source_model.pt"))
+    metrics, predictions = evaluate_split(outcome.model, splits["test"], train_config, device,
+                                          flip_tta=model_config.flip_tta)
+    result = {"recipe": name, "labelled": size, "target": metrics, "epochs": train_config.epochs,
+              "lr": train_config.lr, "train_seconds": outcome.seconds, "predictions": compact(predictions)}
+    (out / f"{name}-{size}.json").write_text(json.dumps(result))
+    print(name, size, json.dumps(metrics), flush=True)
+    return result
+
+
+def report(out: Path, data: Path) -> str:
+    """Target mAP@50 per recipe and labelled-set size, and each recipe's paired difference to plain
+    fine-tuning with its bootstrap 95% interval over the target X-rays."""
+    folder = write_dataset(out / "report", data / "images", domain_shift(data)["target"])
+    coco = load_splits(folder)["train"].coco
+    runs = {(r["recipe"], r["labelled"]): r for r in (json.loads(p.read_text()) for p in sorted(out.glob("*.json")))}
+    if not runs:
+        raise SystemExit(f"no results in {out}")
+    matches = {key: match_detections(coco, expand(run["predictions"])) for key, run in runs.items()}
+    lines = ["| recipe | labelled | target mAP@50 | vs plain (95% interval) |", "|---|---|---|---|"]
+    for (name, size), run in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
+        plain = matches.get(("plain", size))
+        versus = "-"
+        if plain is not None and name != "plain":
+            d = paired_difference(plain, matches[(name, size)], average_precision)
+            versus = f"{d.value:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
+        lines.append(f"| {name} | {size} | {run['target']['mAP50']:.3f} | {versus} |")
+    table = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(table)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/few_label"))
+    parser.add_argument("--stage", choices=["source", "finetune"])
+    parser.add_argument("--size", type=int, action="append", help="Labelled hand X-rays (repeatable).")
+    parser.add_argument("--recipes", nargs="+", default=list(FINE_TUNE_RECIPES), choices=FINE_TUNE_RECIPES)
+    parser.add_argument("--epochs", type=int, default=20, help="Source model's epochs (and plain fine-tuning's).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = choose_device(args.device)
+    if args.report:
+        print(report(args.out, args.data))
+    elif args.stage == "source":
+        train_source(args.out, args.data, args.epochs, device)
+    elif args.stage == "finetune":
+        for size in args.size or SIZES:
+            for name in args.recipes:
+                fine_tune(args.out, args.data, size, name, args.epochs, args.seed, device)
+    else:
+        parser.error("--stage or --report is required")
+
+
+if __name__ == "__main__":
+    main()

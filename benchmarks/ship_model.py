@@ -1,0 +1,136 @@
+"""Package a trained FracAtlas model as the detector fracture-al ships (detection/shipped/).
+
+Takes the JSON that ``benchmarks/train_fracatlas.py`` wrote (its model version, recipe and test
+predictions), stores the weights in half precision, and writes ``manifest.json`` (SHA-256, recipe,
+command, test metrics with bootstrap 95% intervals over the X-rays) and ``MODEL_CARD.md``.
+
+    python -m benchmarks.train_fracatlas --data ../shared/data/fracatlas --recipe cpu \\
+        --home benchmarks/results/cpu60 --out benchmarks/results/cpu60.json
+    python -m benchmarks.ship_model --result benchmarks/results/cpu60.json \\
+        --command "python -m benchmarks.train_fracatlas --data ../shared/data/fracatlas --recipe cpu"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.predictions import expand
+from detection.data import CocoFile
+from detection.evaluation import metrics_with_intervals
+from detection.shipped_model import CARD_FILE, MANIFEST_FILE, SHIPPED_DIR
+from detection.weights import sha256_of
+
+WEIGHTS_FILE = "fracture_detector.pt"
+ATTRIBUTION = (
+    "FracAtlas (CC BY 4.0): Abedeen, I., Rahman, M. A., Prottyasha, F. Z., Ahmed, T., Chowdhury, T. M., "
+    "Shatabda, S. \"FracAtlas: A Dataset for Fracture Classification, Localization and Segmentation of "
+    "Musculoskeletal Radiographs.\" Scientific Data 10, 521 (2023). https://doi.org/10.1038/s41597-023-02432-4"
+)
+
+
+def half_precision(model_file: Path, target: Path) -> None:
+    saved = torch.load(model_file, map_location="cpu", weights_only=True)
+    saved["model"] = {k: v.half() if v.is_floating_point() else v for k, v in saved["model"].items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(saved, target)
+
+
+def card(content: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {name} | {m['value']:.3f} | {m['low']:.3f} to {m['high']:.3f} |"
+        for name, m in content["metrics"]["test_intervals"].items()
+        if m["value"] is not None
+    )
+    train = content["train"]
+    model = content["model"]
+    return f"""# fracture-al shipped fracture detector
+
+A Faster R-CNN (`{model['arch']}`, torchvision) that draws boxes around bone fractures on
+radiographs. It is what a new fracture-al installation serves before any project has retrained it:
+its boxes are suggestions for trained annotators, never a diagnosis, and fracture-al is not a
+medical device.
+
+## Training data
+The FracAtlas train split as staged in fracture-al's developer set
+(1,233 X-rays, 568 with fractures, 754 boxes; longer side at most 640 px). Model selection on the
+FracAtlas val split (135 X-rays). Metrics below are on the FracAtlas test split (132 X-rays, 61
+with fractures, 67 boxes), which was not used for training or selection.
+
+Data: {ATTRIBUTION}
+
+## Recipe
+`{content['recipe']}` from `detection/recipes.py`: input {model['min_size']} px (max {model['max_size']}),
+anchors {model['anchor_sizes']} x ratios {model['aspect_ratios']}, box head {model['box_head_size']} wide,
+flip TTA {'on' if model['flip_tta'] else 'off'}; SGD lr {train['lr']}, batch {train['batch_size']},
+{train['epochs']} epochs planned, {content['epochs_run']} run, epoch {content['selected_epoch']} kept
+(best validation mAP@50), fracture X-rays at {train['positive_fraction']} of draws,
+weight EMA {train['ema_decay']}, ImageNet MobileNetV2 backbone, trained on {content['device']}.
+
+Reproduce:
+
+    {content['command']}
+    python -m benchmarks.ship_model --result <that run's JSON> --command "<the command above>"
+
+Weights: `{content['file']}`, half precision, SHA-256 `{content['sha256']}` (checked before
+it is installed into a model store and every time it is loaded).
+
+## Test metrics (FracAtlas test, bootstrap 95% intervals over the 132 X-rays)
+Sensitivity and specificity are image-level, at the backend's default display threshold
+{content['metrics']['threshold']} on the X-ray's best box score.
+
+| metric | value | 95% interval |
+|---|---|---|
+{rows}
+
+## Limits
+One public data set from one region, downscaled to at most 640 px, with fractures of the hand,
+leg, hip and shoulder. Expect lower numbers on other hospitals' X-rays: let fracture-al retrain it
+on your own labels (the retrain gate only serves a model that does better on your own validation
+X-rays).
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--result", type=Path, required=True, help="JSON written by benchmarks/train_fracatlas.py")
+    parser.add_argument("--model-file", type=Path, help="Default: the result's version folder's model.pt")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
+    parser.add_argument("--command", required=True, help="The exact training command, for the card.")
+    parser.add_argument("--out", type=Path, default=SHIPPED_DIR)
+    args = parser.parse_args()
+
+    result = json.loads(args.result.read_text())
+    model_file = args.model_file or Path(result["version_path"]) / "model.pt"
+    half_precision(model_file, args.out / WEIGHTS_FILE)
+    threshold = 0.5
+    test = CocoFile(args.data / "test.json")
+    intervals = metrics_with_intervals(test, expand(result["test_predictions"]), threshold=threshold)
+    content = {
+        "name": f"fracatlas-{result['recipe']}",
+        "file": WEIGHTS_FILE,
+        "sha256": sha256_of(args.out / WEIGHTS_FILE),
+        "recipe": result["recipe"],
+        "command": args.command,
+        "device": result["device"],
+        "epochs_run": result["epochs"],
+        "selected_epoch": result.get("selected_epoch"),
+        "model": result["model_config"],
+        "train": result["train_config"],
+        "data": {"train": "FracAtlas train split", "validation": "FracAtlas val split", "test": "FracAtlas test split",
+                 "license": "CC BY 4.0", "attribution": ATTRIBUTION},
+        "metrics": {"test": result["test"], "test_intervals": intervals, "threshold": threshold,
+                    "validation": result["validation_per_epoch"][(result.get("selected_epoch") or 0) - 1]},
+    }  # fmt: skip
+    (args.out / MANIFEST_FILE).write_text(json.dumps(content, indent=2) + "\n")
+    (args.out / CARD_FILE).write_text(card(content))
+    print(json.dumps(intervals, indent=2))
+    print(f"shipped {args.out / WEIGHTS_FILE} ({(args.out / WEIGHTS_FILE).stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
