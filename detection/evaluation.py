@@ -36,22 +36,7 @@ def evaluate_predictions(
 
 def coco_detection_metrics(coco: CocoFile, predictions: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     """mAP@[.5:.95], mAP@50, mAP@75 and AR@100 over the images that have predictions."""
-    category_of_label = {label: category for category, label in coco.label_of_category.items()}
-    detections = [
-        {
-            "image_id": prediction["image_id"],
-            "category_id": category_of_label[int(label)],
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "score": float(score),
-        }
-        for prediction in predictions
-        for (x1, y1, x2, y2), score, label in zip(
-            np.asarray(prediction["boxes"], dtype=float).reshape(-1, 4).tolist(),
-            np.asarray(prediction["scores"], dtype=float).tolist(),
-            np.asarray(prediction["labels"]).tolist(),
-            strict=True,
-        )
-    ]
+    detections = coco_results(coco, predictions)
     image_ids = [prediction["image_id"] for prediction in predictions]
     ground_truth = _coco_api(coco.content)
     if not ground_truth.getAnnIds(imgIds=image_ids):
@@ -69,6 +54,26 @@ def coco_detection_metrics(coco: CocoFile, predictions: Sequence[dict[str, Any]]
         name: (None if evaluator.stats[index] < 0 else float(evaluator.stats[index]))
         for index, name in COCO_STAT_NAMES.items()
     }
+
+
+def coco_results(coco: CocoFile, predictions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predictions (xyxy boxes, contiguous labels) as COCO result records (xywh, category ids)."""
+    category_of_label = {label: category for category, label in coco.label_of_category.items()}
+    return [
+        {
+            "image_id": prediction["image_id"],
+            "category_id": category_of_label[int(label)],
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(score),
+        }
+        for prediction in predictions
+        for (x1, y1, x2, y2), score, label in zip(
+            np.asarray(prediction["boxes"], dtype=float).reshape(-1, 4).tolist(),
+            np.asarray(prediction["scores"], dtype=float).tolist(),
+            np.asarray(prediction["labels"]).tolist(),
+            strict=True,
+        )
+    ]
 
 
 def _coco_api(content: dict[str, Any]) -> COCO:
@@ -133,18 +138,7 @@ def match_detections(
     coco: CocoFile, predictions: Sequence[dict[str, Any]], *, iou_threshold: float = 0.5
 ) -> list[ImageMatches]:
     """Per-image matches at ``iou_threshold`` (all classes pooled, as the fracture detector has one)."""
-    category_of_label = {label: category for category, label in coco.label_of_category.items()}
-    detections = [
-        {"image_id": p["image_id"], "category_id": category_of_label[int(label)], "bbox": [x1, y1, x2 - x1, y2 - y1],
-         "score": float(score)}
-        for p in predictions
-        for (x1, y1, x2, y2), score, label in zip(
-            np.asarray(p["boxes"], dtype=float).reshape(-1, 4).tolist(),
-            np.asarray(p["scores"], dtype=float).tolist(),
-            np.asarray(p["labels"]).tolist(),
-            strict=True,
-        )
-    ]  # fmt: skip
+    detections = coco_results(coco, predictions)
     image_ids = [p["image_id"] for p in predictions]
     ground_truth = _coco_api(coco.content)
     boxes = {image_id: len(ground_truth.getAnnIds(imgIds=[image_id])) for image_id in image_ids}
