@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
 from typing import Any, Protocol
 
@@ -21,12 +22,15 @@ from detection.shipped_model import open_store
 from detection.store import ModelStoreError
 from detection.training import choose_device
 from fracture_al.settings import Settings
-from integrations.image_source import LabelStudioConnection
+from integrations.image_source import ImageFetchError, LabelStudioConnection, checked_url, redact_url
 from integrations.label_config import LabelConfigError
 from integrations.task_predictions import TaskPredictor
-from worker.triggers import RetrainTrigger
+from worker.triggers import MalformedEvent, RetrainTrigger
 
 log = logging.getLogger(__name__)
+
+_PROJECT_ID = re.compile(r"[0-9]{1,18}")
+_TOKEN = re.compile(r"[A-Za-z0-9._-]{1,4096}")
 
 
 class EventSink(Protocol):
@@ -41,7 +45,11 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     app.json.sort_keys = False
     served = ServedModel(open_store(settings.models_dir), choose_device(settings.device))
     service = TaskPredictor.from_settings(settings)
-    projects = ProjectRegistry(settings)
+    api_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
+    projects = ProjectRegistry(settings.label_studio_url, api_key)
+    # Predictions may wait on slow image hosts and on the model; one thread is always kept for the
+    # rest (Label Studio marks a backend whose /health does not answer as down).
+    prediction_slots = threading.BoundedSemaphore(max(1, settings.backend_threads - 1))
     if event_sink is None:
         trigger = RetrainTrigger(settings)
         trigger.start_flushing()
@@ -75,7 +83,9 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     @app.post("/setup")
     def setup() -> Response:
         body = _json_object()
-        projects.remember(body)
+        project = _project_id(body.get("project"))
+        schema, hostname, token = _setup_fields(body)
+        projects.remember(project, schema=schema, hostname=hostname, token=token)
         return jsonify(model_version=_served_version(served))
 
     @app.post("/predict")
@@ -90,6 +100,10 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
         label_config = body.get("label_config") or projects.schema(project)
         if not label_config:
             raise BadRequest("no 'label_config' in the request and none known from /setup for this project")
+        if not isinstance(label_config, str):
+            raise BadRequest("'label_config' must be a string")
+        if not prediction_slots.acquire(blocking=False):
+            return _too_busy()
         try:
             predictor = served.predictor()
             predictions = service.predict(tasks, label_config, predictor, projects.connection(project))
@@ -97,6 +111,8 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
             raise BadRequest(str(error)) from None
         except ModelStoreError as error:
             return _error(503, str(error))
+        finally:
+            prediction_slots.release()
         # A task whose image failed still gets its (empty) result: Label Studio wants one per task.
         return jsonify(results=[p.to_label_studio() for p in predictions], model_version=predictor.version)
 
@@ -105,7 +121,10 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
         body = _json_object()
         if not isinstance(body.get("action"), str):
             raise BadRequest("webhook body has no 'action'")
-        return jsonify(event_sink(body))
+        try:
+            return jsonify(event_sink(body))
+        except MalformedEvent as error:
+            raise BadRequest(str(error)) from None
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
@@ -115,55 +134,105 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
 
 
 class ProjectRegistry:
-    """What ``/setup`` told us about each Label Studio project: its schema and where it lives."""
+    """What ``/setup`` told us about each Label Studio project: its schema and where it lives.
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    Where a project's images come from, and with which token, is pinned: by configuration
+    (``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``) when given, else by the project's first
+    ``/setup``. Any client can call ``/setup``, so later calls cannot re-point a project or replace
+    its token (they are logged and ignored; restarting the backend is the operator's way to change
+    them), and the configured key is only ever sent to the configured Label Studio.
+    """
+
+    def __init__(self, label_studio_url: str | None, api_key: str | None):
+        self.label_studio_url = label_studio_url
+        self.api_key = api_key
         self._schemas: dict[str, str] = {}
         self._connections: dict[str, LabelStudioConnection] = {}
         self._lock = threading.Lock()
 
-    def remember(self, body: dict[str, Any]) -> None:
-        project = _project_id(body.get("project"))
-        hostname, token = body.get("hostname"), body.get("access_token")
-        configured = self.settings.label_studio_url
-        if configured and hostname and hostname.rstrip("/") != configured.rstrip("/"):
-            # Images are only fetched from the Label Studio the operator configured.
-            log.warning("project %s: /setup named another Label Studio host; keeping %s", project, configured)
-            hostname = configured
+    def remember(self, project: str, *, schema: str | None, hostname: str | None, token: str | None) -> None:
         with self._lock:
-            if isinstance(body.get("schema"), str):
-                self._schemas[project] = body["schema"]
-            if hostname:
-                self._connections[project] = LabelStudioConnection(hostname, token or self._default_token())
+            if schema is not None:
+                self._schemas[project] = schema
+            pinned = self._connections.get(project)
+            if self.label_studio_url is not None:
+                if hostname and _origin_or_none(hostname) != _origin_or_none(self.label_studio_url):
+                    log.warning("project %s: /setup named another Label Studio (%s); images still come from %s",
+                                project, redact_url(hostname), self.label_studio_url)  # fmt: skip
+                hostname = self.label_studio_url
+                if self.api_key is not None:
+                    return  # the configured key is the token; /setup cannot replace it
+            if not hostname:
+                return
+            if pinned is None:
+                self._connections[project] = LabelStudioConnection(hostname, token)
+                log.info("project %s: images come from %s", project, redact_url(hostname))
+            elif pinned.origin != LabelStudioConnection(hostname).origin or (token and token != pinned.token):
+                log.warning(
+                    "project %s: /setup asked to change its Label Studio or token; kept %s "
+                    "(restart the backend, or set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, to change them)",
+                    project, redact_url(pinned.url),
+                )  # fmt: skip
 
     def schema(self, project: str) -> str | None:
         with self._lock:
             return self._schemas.get(project)
 
     def connection(self, project: str) -> LabelStudioConnection | None:
+        if self.label_studio_url is not None and self.api_key is not None:
+            return LabelStudioConnection(self.label_studio_url, self.api_key)
         with self._lock:
-            known = self._connections.get(project)
-        if known is not None:
-            return known
-        if self.settings.label_studio_url:
-            return LabelStudioConnection(self.settings.label_studio_url, self._default_token())
+            pinned = self._connections.get(project)
+        if pinned is None and self.label_studio_url is not None:
+            return LabelStudioConnection(self.label_studio_url)
+        return pinned
+
+
+def _origin_or_none(url: str):
+    try:
+        return LabelStudioConnection(url).origin
+    except ImageFetchError:
         return None
 
-    def _default_token(self) -> str | None:
-        key = self.settings.label_studio_api_key
-        return key.get_secret_value() if key else None
+
+def _setup_fields(body: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """``schema``, ``hostname`` and ``access_token`` of a /setup body, each a string or absent."""
+    fields = []
+    for name in ("schema", "hostname", "access_token"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"'{name}' must be a string")
+        fields.append(value or None)
+    schema, hostname, token = fields
+    if hostname is not None:
+        try:
+            checked_url(hostname)
+        except ImageFetchError as error:
+            raise BadRequest(f"'hostname': {error}") from None
+    if token is not None and not _TOKEN.fullmatch(token):
+        raise BadRequest("'access_token' must be a Label Studio API token (letters, digits, '-', '_' and '.')")
+    return schema, hostname, token
 
 
 def _project_id(project: Any) -> str:
     """Label Studio sends ``"<id>.<created unix time>"`` to /setup and /predict, a dict to webhooks."""
     if isinstance(project, dict):
         project = project.get("id")
-    return str(project).split(".", 1)[0] if project is not None else ""
+    if project is None:
+        return ""
+    if isinstance(project, bool) or not isinstance(project, int | str):
+        raise BadRequest("'project' must be a Label Studio project id")
+    key = str(project).split(".", 1)[0]
+    if not _PROJECT_ID.fullmatch(key):
+        raise BadRequest("'project' must be a Label Studio project id")
+    return key
 
 
 def _json_object() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
@@ -178,6 +247,12 @@ def _served_version(served: ServedModel) -> str:
 
 class _ServiceUnavailable(HTTPException):
     code = 503
+
+
+def _too_busy() -> Response:
+    response = _error(429, "every prediction slot is busy; retry shortly")
+    response.headers["Retry-After"] = "5"
+    return response
 
 
 def _error(code: int, message: str) -> Response:

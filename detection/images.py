@@ -33,6 +33,8 @@ def load_image(source: str | Path | bytes, *, name: str | None = None) -> Image.
         raise ImageLoadError(f"{label}: file not found") from error
     except UnidentifiedImageError as error:
         raise ImageLoadError(f"{label}: not an image file PIL can read") from error
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(f"{label}: refused as a decompression bomb ({error})") from error
     except OSError as error:
         raise ImageLoadError(f"{label}: corrupt or truncated image data ({error})") from error
     with opened as image:
@@ -40,7 +42,7 @@ def load_image(source: str | Path | bytes, *, name: str | None = None) -> Image.
             raise ImageLoadError(f"{label}: {image.width}x{image.height} exceeds the {MAX_PIXELS:,}-pixel limit")
         try:
             image.load()  # decode now, so that truncated files fail here and not in a worker
-        except (OSError, SyntaxError, ValueError) as error:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise ImageLoadError(f"{label}: corrupt or truncated image data ({error})") from error
         return to_rgb8(ImageOps.exif_transpose(image))
 

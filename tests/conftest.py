@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from loopback_servers import FileServer, Handler
 
 from fracture_al.settings import SAMPLE_DIR
 from integrations.label_studio_server import LabelStudioServer
@@ -109,3 +111,15 @@ def queue_prefix(redis_url: str) -> Iterator[str]:
             for member in connection.smembers(key):
                 if prefix.encode() in member:
                     connection.srem(key, member)
+
+
+@pytest.fixture()
+def file_server(sample_dir: Path) -> Iterator[FileServer]:
+    server = FileServer(("127.0.0.1", 0), Handler)
+    jpeg = sorted((sample_dir / "images").glob("*.jpg"))[0].read_bytes()
+    server.files = {"/data/upload/1/xray.jpg": jpeg, "/big.jpg": jpeg * 20, "/corrupt.jpg": b"\xff\xd8\xff garbage"}
+    server.seen_authorization = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import base64
 import logging
 import shutil
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from loopback_servers import FileServer, url_of
 
 from backend.app import create_app
 from detection.store import ModelStore
@@ -81,52 +79,6 @@ def test_unmapped_classes_and_low_scores_are_not_emitted() -> None:
 def test_config_without_rectangles_is_refused(config: str) -> None:
     with pytest.raises(LabelConfigError):
         rectangle_target(config, ("fracture",))
-
-
-# A loopback server standing in for Label Studio's file serving ----------------------------------------
-class FileServer(ThreadingHTTPServer):
-    files: dict[str, bytes]
-    seen_authorization: list[str | None]
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: FileServer
-
-    def do_GET(self) -> None:
-        self.server.seen_authorization.append(self.headers.get("Authorization"))
-        if self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", "http://example.org/x.jpg")
-            self.end_headers()
-            return
-        body = self.server.files.get(self.path.split("?")[0])
-        if body is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture()
-def file_server(sample_dir: Path) -> Iterator[FileServer]:
-    server = FileServer(("127.0.0.1", 0), Handler)
-    jpeg = sorted((sample_dir / "images").glob("*.jpg"))[0].read_bytes()
-    server.files = {"/data/upload/1/xray.jpg": jpeg, "/big.jpg": jpeg * 20, "/corrupt.jpg": b"\xff\xd8\xff garbage"}
-    server.seen_authorization = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-
-
-def url_of(server: FileServer) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def test_label_studio_paths_are_fetched_with_the_token(file_server: FileServer) -> None:

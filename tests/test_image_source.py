@@ -73,7 +73,7 @@ def tricks(port: int) -> list[str]:
         f"http://127.0.0.1:{port}%2f@localhost/x.jpg",
         f"http://127.0.0.1%3A{port}/x.jpg",
         f"http://%6c%6f%63%61%6c%68%6f%73%74:{port}/x.jpg",
-        f"http://ｌｏｃａｌｈｏｓｔ:{port}/x.jpg",  # full-width letters: IDNA maps them to localhost
+        f"http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:{port}/x.jpg",  # full-width "localhost"
         f"http://[::ffff:127.0.0.1]:{port}/x.jpg",
         f"http://0x7f.0.0.1:{port}/x.jpg",
         f"http://2130706433:{port}/x.jpg",

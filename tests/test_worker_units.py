@@ -205,3 +205,77 @@ def test_embedded_redis_is_not_cloned_into_empty_servers(tmp_path: Path) -> None
         worker.wait(timeout=30)
         for server in embedded_servers_since(started):
             server.terminate()
+
+
+def test_two_backend_processes_replaying_one_spool_count_each_event_once(
+    tmp_path: Path, redis_url: str, queue_prefix: str
+) -> None:
+    """Two gunicorn workers share the spool folder; both flush it when Redis comes back."""
+    import threading
+
+    down = settings_for(tmp_path, "redis://127.0.0.1:1/0", queue_prefix, retrain_min_new_annotations=10_000)
+    spooling = RetrainTrigger(down)
+    assert all(spooling(annotation_event())["status"] == "spooled" for _ in range(240))
+    up = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=10_000)
+    replayers = [RetrainTrigger(up), RetrainTrigger(up)]
+    threads = [threading.Thread(target=replayer.flush) for replayer in replayers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for replayer in replayers:
+        replayer.flush()  # whichever lost the race finds the rest, if any
+    assert spooling.spool.pending() == []
+    assert RetrainScheduler(up, redis.Redis.from_url(redis_url)).new_annotations(5) == 240
+
+
+def test_an_event_whose_count_reached_a_hung_redis_is_spooled_and_counted_once(
+    tmp_path: Path, redis_url: str, queue_prefix: str
+) -> None:
+    """Redis hangs for 3 s (a busy script stands in for SIGSTOP): the webhook gives up after its 2 s
+    bound and spools the event, Redis then runs the count it had received anyway, and the replay
+    must not count it again."""
+    import threading
+    import time
+
+    settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=10_000)
+    connection = redis.Redis.from_url(redis_url)
+    trigger = RetrainTrigger(settings)
+    trigger(annotation_event())  # connected, and one event counted
+    hang = threading.Thread(target=redis.Redis.from_url(redis_url).eval, args=(BUSY_FOR_3_SECONDS, 0))
+    hang.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    reply = trigger(annotation_event())
+    answered_after = time.monotonic() - started
+    hang.join()
+    assert reply["status"] == "spooled"
+    assert answered_after < 2.9  # the webhook's Redis bound, not the hang, decided
+    scheduler = RetrainScheduler(settings, connection)
+    assert scheduler.new_annotations(5) == 2
+    assert trigger.flush() == 1
+    assert scheduler.new_annotations(5) == 2
+
+
+BUSY_FOR_3_SECONDS = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > 3000000 then return 1 end
+end
+"""
+
+
+def test_retry_intervals_are_used_from_the_first() -> None:
+    """RQ reads intervals from the end of the list (``intervals[len - retries_left]``)."""
+    from rq.job import Job
+
+    from worker.queues import retry_intervals
+
+    job = Job(connection=redis.Redis())
+    job.retry_intervals = retry_intervals(2)
+    waits = []
+    for retries_left in (2, 1):
+        job.retries_left = retries_left
+        waits.append(job.get_retry_interval())
+    assert waits == [30, 120]

