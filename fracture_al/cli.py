@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ class CliError(click.ClickException):
 @click.pass_context
 def main(context: click.Context, home: Path | None, device: str | None, verbose: bool) -> None:
     """Active learning for fracture detection on X-rays."""
+    # Everything written under the home (X-rays, labels, spooled events, credentials, models) and
+    # by the services started from here is for this user only: files 0600, folders 0700.
+    os.umask(0o077)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -72,10 +76,19 @@ data_option = click.option(
 @click.option("--time-budget", type=float, default=None, help="Stop after this many minutes.")
 @click.option("--workers", type=int, default=None, help="Data-loading processes.")
 @click.option("--weights", default=None, help="Pretrained checkpoint file, or 'none' for random init.")
-@click.option("--recipe", "recipe_name", default="baseline", show_default=True,
-              help="Training recipe (detection/recipes.py: baseline, cpu, gpu); flags override it.")
-@click.option("--warm-start", "warm_start", default=None,
-              help="Fine-tune this model version, 'current', or 'shipped' (the packaged detector).")
+@click.option(
+    "--recipe",
+    "recipe_name",
+    default="baseline",
+    show_default=True,
+    help="Training recipe (detection/recipes.py: baseline, cpu, gpu); flags override it.",
+)
+@click.option(
+    "--warm-start",
+    "warm_start",
+    default=None,
+    help="Fine-tune this model version, 'current', or 'shipped' (the packaged detector).",
+)
 @click.option("--run-name", default=None, help="Name of the run folder (reuse it with --resume).")
 @click.option("--resume", is_flag=True, help="Continue the run's last checkpoint.")
 @click.option("--no-promote", is_flag=True, help="Publish without making it the current version.")
@@ -259,7 +272,8 @@ def serve(context: click.Context, host: str | None, port: int | None, workers: i
         backend_host=host, backend_port=port, backend_workers=workers, backend_threads=threads
     )
     # gunicorn's workers build their own Settings from the environment: hand the flags down that way.
-    env = {**os.environ, "FRACTURE_AL_HOME": str(settings.home), "FRACTURE_AL_DEVICE": settings.device}
+    env = {**os.environ, "FRACTURE_AL_HOME": str(settings.home), "FRACTURE_AL_DEVICE": settings.device,
+           "FRACTURE_AL_BACKEND_THREADS": str(settings.backend_threads)}  # fmt: skip
     command = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.backend_host}:{settings.backend_port}",
@@ -334,11 +348,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty.")
 @click.pass_context
 def worker(context: click.Context, queues: str, gpu: str | None, name: str | None, burst: bool) -> None:
-    """Run an RQ worker for the retraining and scoring queues."""
-    from rq import Worker
-
+    """Run an RQ worker for the retraining and scoring queues; it waits out Redis outages."""
     from worker.connection import connect
-    from worker.queues import get_queue
+    from worker.outages import OutageTolerantWorker, work_through_outages
+    from worker.queues import get_queue, queue_name
+    from worker.status import record_last_error
 
     settings = settings_of(context)
     # Jobs run in forked work-horses that build their own Settings: pass the choices on.
@@ -351,17 +365,23 @@ def worker(context: click.Context, queues: str, gpu: str | None, name: str | Non
     unknown = set(kinds) - {"training", "scoring"}
     if unknown:
         raise CliError(f"unknown queue kinds {sorted(unknown)}; use training and/or scoring")
-    rq_worker = Worker(
-        [get_queue(settings, kind, connection) for kind in kinds],
-        connection=connection,
-        name=name,
-        job_monitoring_interval=settings.worker_job_monitoring_interval,
-        maintenance_interval=settings.worker_maintenance_interval,
-    )
-    console.print(
-        f"worker {rq_worker.name} on {', '.join(q.name for q in rq_worker.queues)} (device {settings.device})"
-    )
-    rq_worker.work(burst=burst, with_scheduler=True)
+    name = name or f"{socket.gethostname()}.{os.getpid()}"
+
+    def make_worker(attempt: int) -> OutageTolerantWorker:
+        return OutageTolerantWorker(
+            [get_queue(settings, kind, connection) for kind in kinds],
+            connection=connection,
+            name=name if attempt == 0 else f"{name}.{attempt}",
+            job_monitoring_interval=settings.worker_job_monitoring_interval,
+            maintenance_interval=settings.worker_maintenance_interval,
+            # An idle worker wakes from its blocking dequeue every worker_ttl - 15 s; only then does it
+            # run the maintenance that finds abandoned jobs, so the two must match.
+            worker_ttl=settings.worker_maintenance_interval + 15,
+            exception_handlers=[record_last_error],
+        )
+
+    console.print(f"worker {name} on {', '.join(queue_name(settings, k) for k in kinds)} (device {settings.device})")
+    work_through_outages(make_worker, connection, burst=burst)
 
 
 @main.command()

@@ -103,8 +103,10 @@ class Settings(BaseSettings):
     queue_aggregation: Aggregation = "max"
     queue_strategy: Strategy = "k_center"
     queue_batch_size: int = 20  # how many X-rays at the top are spread over embedding space
-    worker_job_monitoring_interval: int = 30
-    worker_maintenance_interval: int = 600
+    # A worker's heartbeat while a job runs, and how often workers look for jobs whose worker died
+    # (its heartbeat expired: RQ retries them) and take over a dead worker's scheduler lock.
+    worker_job_monitoring_interval: int = 10
+    worker_maintenance_interval: int = 30
 
     @property
     def redis_file(self) -> Path:

@@ -38,8 +38,16 @@ class StackError(RuntimeError):
 @dataclass
 class Child:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen | None
     log: Path
+    arguments: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    restarts: list[float] = field(default_factory=list)  # monotonic times
+
+
+# A child that dies is started again, unless it died this many times within the window: then
+# something is wrong that restarting will not fix, and the stack stops with the child's log named.
+MAX_RESTARTS, RESTART_WINDOW_SECONDS = 5, 600
 
 
 @dataclass
@@ -120,7 +128,7 @@ class Stack:
         backend = self._spawn("backend", ["serve", "--port", str(self.settings.backend_port)], env)
         if not wait_until_answering(f"{self.backend_url}/health", timeout=120, process=backend.process):
             raise StackError(f"the ML backend did not become healthy; see {backend.log}")
-        worker = self._spawn("worker", ["worker", "--name", f"up-{os.getpid()}"], env)
+        worker = self._spawn("worker", ["worker"], env)
         if not self._wait_for_worker(worker):
             raise StackError(f"the worker did not register with Redis; see {worker.log}")
 
@@ -155,11 +163,11 @@ class Stack:
         return project.id
 
     def watch(self) -> Child | None:
-        """Block until a child exits (returned) or Ctrl-C (None)."""
+        """Restart children that die; block until one dies too often (returned) or Ctrl-C (None)."""
         try:
             while True:
                 for child in self.children:
-                    if child.process.poll() is not None:
+                    if child.process.poll() is not None and not self._restart(child):
                         return child
                 if self.label_studio and self.label_studio.process and self.label_studio.process.poll() is not None:
                     return Child("label-studio", self.label_studio.process, self.log_dir / "label-studio.log")
@@ -190,13 +198,34 @@ class Stack:
 
     def _spawn(self, name: str, arguments: list[str], env: dict[str, str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{name}.log"
-        with log.open("ab") as stream:
-            process = subprocess.Popen([sys.executable, "-m", "fracture_al", *arguments], env=env, stdout=stream,
-                                       stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        child = Child(name, process, log)
+        child = Child(name, None, self.log_dir / f"{name}.log", arguments, env)
+        self._start(child)
         self.children.append(child)
         return child
+
+    def _start(self, child: Child) -> None:
+        arguments = list(child.arguments)
+        if child.name == "worker":  # a fresh RQ name: a killed worker's record outlives it for minutes
+            arguments += ["--name", self._worker_name(child)]
+        command = [sys.executable, "-m", "fracture_al", *arguments]
+        with child.log.open("ab") as stream:
+            child.process = subprocess.Popen(
+                command, env=child.env, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def _worker_name(self, child: Child) -> str:
+        return f"up-{os.getpid()}-{len(child.restarts)}"
+
+    def _restart(self, child: Child) -> bool:
+        """Start a dead child again; False when it has died too often to keep trying."""
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_SECONDS]
+        if len(child.restarts) >= MAX_RESTARTS:
+            return False
+        child.restarts.append(now)
+        self.say(f"{child.name} exited with {child.process.returncode}; starting it again (see {child.log})")
+        self._start(child)
+        return True
 
     def _wait_for_worker(self, worker: Child, timeout: float = 60.0) -> bool:
         from rq import Worker
@@ -206,7 +235,7 @@ class Stack:
         connection = connect_redis(self.settings)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and worker.process.poll() is None:
-            if any(w.name == f"up-{os.getpid()}" for w in Worker.all(connection=connection)):
+            if any(w.name == self._worker_name(worker) for w in Worker.all(connection=connection)):
                 return True
             time.sleep(0.5)
         return False

@@ -40,8 +40,13 @@ class LabelStudioServer:
         return self.venv / "bin" / "label-studio"
 
     def environment(self) -> dict[str, str]:
+        """Label Studio's settings; the admin account's password and token go here, not on its
+        command line, which every local user can read (``ps``, ``/proc/<pid>/cmdline``)."""
         env = {
             **os.environ,
+            "LABEL_STUDIO_USERNAME": self.username,
+            "LABEL_STUDIO_PASSWORD": self.password,
+            "LABEL_STUDIO_USER_TOKEN": self.token,
             "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
             # Backends and webhooks on 127.0.0.1 are refused by default as "reserved addresses".
             "ML_BLOCK_LOCAL_IP": "false",
@@ -69,9 +74,7 @@ class LabelStudioServer:
         command = [
             str(self.executable), "start",
             "--internal-host", "127.0.0.1", "--port", str(self.port), "--host", self.url,
-            "--no-browser", "--data-dir", str(self.data_dir),
-            "--username", self.username, "--password", self.password, "--user-token", self.token,
-            "--enable-legacy-api-token",
+            "--no-browser", "--data-dir", str(self.data_dir), "--enable-legacy-api-token",
         ]  # fmt: skip
         with log_file.open("ab") as log:
             self.process = subprocess.Popen(

@@ -97,5 +97,8 @@ def test_a_fresh_home_predicts_with_the_shipped_model(tmp_path: Path, inputs: di
     assert answer["model_version"] == "v0001" and answer["detections"]
     listed = json.loads(run_cli(tmp_path, "models", "list", "--json").stdout)
     assert [(row["version"], row["source"]) for row in listed] == [("v0001", "shipped")]
+    written = list(tmp_path.rglob("*"))
+    assert written
+    assert [path for path in written if path.stat().st_mode & 0o077] == []  # this user's only
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+import redis
 import requests
 from label_studio_sdk import LabelStudio
 from werkzeug.serving import make_server
@@ -26,6 +27,7 @@ from detection.store import ModelStore
 from fracture_al.settings import Settings
 from integrations.label_config import FRACTURE_LABEL_CONFIG
 from integrations.label_studio_server import LabelStudioServer
+from worker.run_folders import prune_ended_runs
 from worker.validation import held_out_draw, new_assignments
 
 pytestmark = pytest.mark.slow
@@ -223,15 +225,20 @@ def test_worker_killed_mid_training_publishes_nothing_and_the_job_is_reported(
     assert [v.name for v in store.list()] == ["v0001"]
     assert store.current_name() == "v0001"
     assert job_state(env, job_id)["state"] == "running"  # not dropped: RQ still holds it as started
+    assert (home / "runs" / job_id / "data").is_dir()  # kept: a retry resumes from it
 
     # Once the dead worker's heartbeat lapses (monitoring interval 2 s + RQ's 60 s), the next worker's
     # maintenance finds the abandoned job; with no retries left it is reported failed.
     time.sleep(65)
+    assert "no heartbeat for" in job_state(env, job_id)["outcome"]  # not stale progress: the worker is gone
     start_worker(env, "--burst").wait(timeout=120)
     failed = job_state(env, job_id)
     assert failed["state"] == "failed", failed
     assert "Abandoned" in failed["outcome"] or "abandoned" in json.dumps(failed).lower()
     assert [v.name for v in store.list()] == ["v0001"]
+    # Nothing will resume from the failed job's folder now: the next retrain removes it.
+    ended = prune_ended_runs(home / "runs", f"{queue_prefix}-retrain-", redis.Redis.from_url(redis_url))
+    assert ended == [job_id] and not (home / "runs" / job_id).exists()
 
 
 def test_review_queue_written_to_label_studio_is_the_queue_the_cli_prints(
@@ -309,6 +316,7 @@ def test_a_project_without_validation_tasks_gets_a_frozen_set_and_no_ungated_mod
                                                                                if s == "val")  # fmt: skip
     row = job_state(env, job_id)
     assert row["state"] == "finished" and "validation set too small" in row["progress"]
+    assert (home / "runs").is_dir() and not (home / "runs" / job_id).exists()  # the ended job's folder is gone
 
     # The next retrain keeps every task where it was, even with another share.
     env["FRACTURE_AL_VALIDATION_SHARE"] = "0.9"

@@ -98,6 +98,31 @@ def test_up_reaches_ready_fills_the_project_and_stops_on_ctrl_c(
             time.sleep(3)
         assert all("review_rank" in task.data for task in client.tasks.list(project=project.id))
 
+        # Every local user can read command lines (ps, /proc/<pid>/cmdline): no secret goes there.
+        command_lines = [Path(f"/proc/{child.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                         for child in psutil.Process(process.pid).children(recursive=True)]  # fmt: skip
+        assert any("label-studio" in line for line in command_lines), command_lines
+        for secret in (credentials["password"], credentials["token"]):
+            assert not any(secret in line for line in command_lines)
+
+        # A worker that dies is started again, and the stack stays up.
+        def workers() -> list[psutil.Process]:
+            found = []
+            for child in psutil.Process(process.pid).children():
+                with contextlib.suppress(psutil.Error):  # a killed one is a zombie until reaped
+                    if "worker" in child.cmdline():
+                        found.append(child)
+            return found
+
+        (killed,) = workers()
+        os.killpg(killed.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not any(w.pid != killed.pid for w in workers()):
+            assert time.monotonic() < deadline, "the killed worker was not started again:\n" + "".join(output)
+            time.sleep(0.5)
+        assert process.poll() is None
+        assert any("worker exited with -9; starting it again" in line for line in output)
+
         descendants = psutil.Process(process.pid).children(recursive=True)
         assert len(descendants) >= 3  # Label Studio, gunicorn, the worker (and their helpers)
         process.send_signal(signal.SIGINT)

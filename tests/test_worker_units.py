@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from backend_requests import png_claiming
 from rq import Queue
 
 from fracture_al.settings import Settings
@@ -73,7 +74,8 @@ def test_events_survive_redis_being_down(tmp_path: Path, redis_url: str, queue_p
     trigger = RetrainTrigger(down)
     reply = trigger(annotation_event())
     assert reply["status"] == "spooled"
-    assert len(trigger.spool.pending()) == 1
+    (spooled,) = trigger.spool.pending()
+    assert spooled.stat().st_mode & 0o777 == 0o600 and spooled.parent.stat().st_mode & 0o777 == 0o700
 
     trigger.settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=1)
     assert trigger.flush() == 1  # Redis is back: the kept event is replayed
@@ -110,7 +112,10 @@ def test_export_to_coco(tmp_path: Path, sample_dir: Path) -> None:
          "annotations": [{"id": 13, "was_cancelled": True, "result": [region]}]},  # skipped by the annotator
         {"id": 4, "data": {"image": "/data/upload/1/gone.jpg"},
          "annotations": [{"id": 14, "was_cancelled": False, "result": [region]}]},
+        {"id": 5, "data": {"image": "/data/upload/1/bomb.png"},  # one poison X-ray must not stop a retrain
+         "annotations": [{"id": 15, "was_cancelled": False, "result": [region]}]},
     ]  # fmt: skip
+    files["/data/upload/1/bomb.png"] = png_claiming(20_000, 20_000)
 
     def fetch(reference: str) -> bytes:
         from integrations.image_source import ImageFetchError
@@ -124,7 +129,8 @@ def test_export_to_coco(tmp_path: Path, sample_dir: Path) -> None:
         split_of=lambda task: task["data"].get("split", "train"),
     )  # fmt: skip
     assert exported.counts == {"train": 1, "val": 1}
-    assert set(exported.skipped) == {3, 4} and "404" in exported.skipped[4]
+    assert set(exported.skipped) == {3, 4, 5} and "404" in exported.skipped[4]
+    assert "decompression bomb" in exported.skipped[5]
     train = json.loads((tmp_path / "train.json").read_text())
     width, height = train["images"][0]["width"], train["images"][0]["height"]
     assert train["categories"] == [{"id": 1, "name": "fracture"}]
@@ -279,3 +285,29 @@ def test_retry_intervals_are_used_from_the_first() -> None:
         job.retries_left = retries_left
         waits.append(job.get_retry_interval())
     assert waits == [30, 120]
+
+
+def test_jobs_shows_a_retrying_jobs_next_attempt_and_last_error(
+    tmp_path: Path, redis_url: str, queue_prefix: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from rq import Retry
+
+    from worker.queues import get_queue
+    from worker.status import job_rows
+
+    settings = settings_for(tmp_path, redis_url, queue_prefix)
+    connection = redis.Redis.from_url(redis_url)
+    job = get_queue(settings, "training", connection).enqueue(
+        "tests.jobs_for_tests.fail_once_then_succeed", str(tmp_path / "marker"), retry=Retry(max=1, interval=600)
+    )
+    env = {**os.environ, "FRACTURE_AL_HOME": str(tmp_path), "REDIS_URL": redis_url,
+           "FRACTURE_AL_QUEUE_PREFIX": queue_prefix}  # fmt: skip
+    subprocess.run([sys.executable, "-m", "fracture_al", "worker", "--burst"], env=env, timeout=120, check=True,
+                   capture_output=True)  # fmt: skip
+    (row,) = [row for row in job_rows(settings, connection) if row["id"] == job.id]
+    assert row["state"] == "scheduled"
+    assert "next attempt 20" in row["outcome"] and "first attempt fails on purpose" in row["outcome"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from rq import get_current_job
@@ -29,8 +30,10 @@ from integrations.image_source import ImageSource, LabelStudioConnection
 from integrations.label_config import rectangle_target
 from integrations.task_predictions import TaskPredictor
 from worker.gate import GateRule, quality_gate
+from worker.outages import REDIS_TROUBLE
 from worker.queues import RetrainScheduler, enqueue_job
 from worker.review_queue import ReviewQueueStore, rank_options, rank_stored_signals
+from worker.run_folders import prune_ended_runs, remove_run_folder
 from worker.validation import SPLIT_FIELD, TRAINING, new_assignments, split_of, with_assignments
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,11 @@ class JobProgress:
             return
         self.job.meta.update(values)
         if force or time.monotonic() - self._saved_at >= self.every_seconds:
-            self.job.save_meta()
             self._saved_at = time.monotonic()
+            try:
+                self.job.save_meta()
+            except REDIS_TROUBLE as error:  # progress is for people watching: the job goes on without it
+                log.warning("progress not saved, Redis unreachable (%s)", type(error).__name__)
 
     def iteration(self, info: dict[str, Any]) -> None:
         self.update(stage="train", **{k: round(v, 5) if isinstance(v, float) else v for k, v in info.items()})
@@ -67,9 +73,26 @@ def label_studio_connection(settings: Settings) -> LabelStudioConnection:
 
 
 def retrain_project(project_id: int) -> dict[str, Any]:
-    """Retrain on the project's latest labels and publish the result if it passes the gate."""
+    """Retrain on the project's latest labels and publish the result if it passes the gate.
+
+    The job's run folder is kept for as long as a retry may resume from it, and removed after."""
     settings = Settings()
     job = get_current_job()
+    # One folder per job id: a retried job finds its checkpoint there and resumes.
+    run_dir = settings.runs_dir / (job.id if job is not None else f"retrain-{project_id}-{time.time_ns()}")
+    if job is not None:
+        prune_ended_runs(settings.runs_dir, f"{settings.queue_prefix}-retrain-", job.connection)
+    try:
+        result = _retrain(settings, job, project_id, run_dir)
+    except BaseException:
+        if job is None or not job.retries_left:
+            remove_run_folder(run_dir)
+        raise
+    remove_run_folder(run_dir)
+    return result
+
+
+def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path) -> dict[str, Any]:
     progress = JobProgress(job)
     if job is not None:
         RetrainScheduler(settings, job.connection).mark_started(project_id)
@@ -81,8 +104,6 @@ def retrain_project(project_id: int) -> dict[str, Any]:
     class_names = current.model_config.class_names if current else ModelConfig().class_names
     project = client.projects.get(id=project_id)
     target = rectangle_target(project.label_config, tuple(class_names))
-    # One folder per job id: a retried job finds its checkpoint there and resumes.
-    run_dir = settings.runs_dir / (job.id if job is not None else f"retrain-{project_id}-{time.time_ns()}")
     source, connection = ImageSource.from_settings(settings), label_studio_connection(settings)
     tasks = label_studio.export_annotated_tasks(client, project_id)
     assigned = {} if settings.validation_data is not None else new_assignments(tasks, settings.validation_share)
