@@ -51,7 +51,12 @@ class CocoFile:
         label_of_name = {name: index + 1 for index, name in enumerate(self.class_names)}
         unknown = set(categories.values()) - set(label_of_name)
         if unknown:
-            raise ValueError(f"{self.path} has categories {sorted(unknown)} the model does not know")
+            raise ValueError(
+                f"{self.path} has categories {sorted(unknown)} the model does not know (it knows "
+                f"{self.class_names}): map them onto its classes when importing, e.g. `fracture-al import "
+                f"... --map-classes {','.join(sorted(unknown))}={self.class_names[0]}` or `--single-class "
+                f"{self.class_names[0]}`, or train from ImageNet weights instead of warm-starting"
+            )
         self.label_of_category = {cid: label_of_name[name] for cid, name in categories.items()}
         self.images = self._index_images()
 

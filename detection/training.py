@@ -7,7 +7,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,15 +71,20 @@ class DataSplit:
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def load_splits(data_dir: str | Path, image_dir: str | Path | None = None) -> dict[str, DataSplit | None]:
+def load_splits(
+    data_dir: str | Path, image_dir: str | Path | None = None, class_names: Sequence[str] | None = None
+) -> dict[str, DataSplit | None]:
     """A dataset folder: ``train.json`` (required), ``val.json`` and ``test.json`` (optional), all
-    naming images under ``images/`` (the FracAtlas layout, and what the exporters write)."""
+    naming images under ``images/`` (the FracAtlas layout, and what the exporters write).
+
+    ``class_names`` (a model's, to fine-tune it) fixes the label order; a split holding classes
+    outside them raises ``ValueError`` saying how to map them."""
     data_dir = Path(data_dir)
     image_dir = Path(image_dir) if image_dir else data_dir / "images"
     if not (data_dir / "train.json").is_file():
         raise FileNotFoundError(f"{data_dir} has no train.json (expected train/val/test.json and images/)")
     splits: dict[str, DataSplit | None] = {}
-    class_names: list[str] | None = None
+    class_names = list(class_names) if class_names else None
     for name in SPLIT_NAMES:
         path = data_dir / f"{name}.json"
         splits[name] = DataSplit.load(path, image_dir, class_names) if path.is_file() else None

@@ -147,6 +147,8 @@ def train(
             init.model_file, model_config = version.weights_path, version.model_config
     except ModelStoreError as error:
         raise CliError(str(error)) from error
+    if init.model_file is not None:  # fine-tuning: the data must speak the model's classes
+        splits = _load_splits(data_dir, model_config.class_names)
     run_dir = settings.runs_dir / (run_name or _new_run_name())
     console.print(f"training [bold]{model_config.arch}[/] on {data_dir} -> run folder {run_dir}")
     try:
@@ -511,6 +513,12 @@ def import_options(function):
                      show_default=True, help="How existing boxes arrive in Label Studio."),
         click.option("--keep-identifying-tags", is_flag=True,
                      help="Copy every DICOM tag into task data (default: technical tags only)."),
+        click.option("--map-classes", "class_rules", multiple=True, metavar="A,B=TARGET",
+                     help="Rename source classes, e.g. angle,line,messed_up_angle=fracture (repeatable)."),
+        click.option("--single-class", default=None, metavar="NAME",
+                     help="Import every box as this one class (e.g. fracture)."),
+        click.option("--keep-source-paths", is_flag=True,
+                     help="Record each file's original path (default: only its SHA-256; paths may name patients)."),
     ]  # fmt: skip
     for option in reversed(options):
         function = option(function)
@@ -591,12 +599,14 @@ def import_roboflow(context: click.Context, version_id: str, model_format: str, 
 
 def _import(context: click.Context, sources, options: dict[str, Any], *, default_name: str) -> None:
     from integrations.dataset_folder import DatasetFolder
-    from integrations.sources.records import SourceFormatError
+    from integrations.sources.records import ClassMapping, SourceFormatError
 
     settings = settings_of(context)
     dataset = DatasetFolder(settings.datasets_dir / (options["dataset"] or default_name))
     try:
-        report = dataset.add(sources, deidentify=not options["keep_identifying_tags"])
+        mapping = ClassMapping.parse(options["class_rules"], options["single_class"])
+        report = dataset.add(mapping.apply(sources), deidentify=not options["keep_identifying_tags"],
+                             keep_source_paths=options["keep_source_paths"])  # fmt: skip
     except SourceFormatError as error:
         raise CliError(str(error)) from error
     console.print(f"dataset {dataset.root}: {len(report.added)} added, {len(report.duplicates)} already there, "
@@ -869,11 +879,11 @@ def _new_run_name() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _load_splits(data_dir: Path):
+def _load_splits(data_dir: Path, class_names: list[str] | None = None):
     from detection.training import load_splits
 
     try:
-        return load_splits(data_dir)
+        return load_splits(data_dir, class_names=class_names)
     except (FileNotFoundError, ValueError) as error:
         raise CliError(str(error)) from error
 

@@ -69,9 +69,13 @@ class DatasetFolder:
                                           boxes, i.get("metadata", {})))  # fmt: skip
         return found
 
-    def add(self, sources: Iterable[SourceImage], *, deidentify: bool = True) -> ImportReport:
+    def add(
+        self, sources: Iterable[SourceImage], *, deidentify: bool = True, keep_source_paths: bool = False
+    ) -> ImportReport:
         """Copy or convert each source image in, with its boxes; a file that cannot be read is
-        reported and the rest imported."""
+        reported and the rest imported. Images are known by their content's SHA-256, which is
+        what re-importing needs; their original paths (hospital exports often put patient names
+        in them) are kept only with ``keep_source_paths``."""
         self.image_dir.mkdir(parents=True, exist_ok=True)
         splits = self._load()
         known = {image["sha256"] for content in splits.values() for image in content["images"]}
@@ -97,7 +101,7 @@ class DatasetFolder:
             (self.image_dir / file_name).write_bytes(data)
             split = source.split if source.labelled else "unlabelled"
             image = DatasetImage(next_id, file_name, width, height, split, sha256, source.boxes, metadata)
-            _append(splits.setdefault(split, _empty()), image, source)
+            _append(splits.setdefault(split, _empty()), image, source.path if keep_source_paths else None)
             known.add(sha256)
             next_id += 1
             report.added.append(image)
@@ -129,11 +133,12 @@ def _empty() -> dict[str, list]:
     return {"images": [], "annotations": [], "categories": []}
 
 
-def _append(content: dict[str, Any], image: DatasetImage, source: SourceImage) -> None:
-    content["images"].append(
-        {"id": image.image_id, "file_name": image.file_name, "width": image.width, "height": image.height,
-         "sha256": image.sha256, "source": str(source.path), "metadata": image.metadata}
-    )  # fmt: skip
+def _append(content: dict[str, Any], image: DatasetImage, source_path: Path | None) -> None:
+    entry = {"id": image.image_id, "file_name": image.file_name, "width": image.width, "height": image.height,
+             "sha256": image.sha256, "metadata": image.metadata}  # fmt: skip
+    if source_path is not None:
+        entry["source"] = str(source_path)
+    content["images"].append(entry)
     category_of = {c["name"]: c["id"] for c in content["categories"]}
     for class_name, (x1, y1, x2, y2) in image.boxes:
         if class_name not in category_of:

@@ -209,7 +209,8 @@ def test_predict_answers_every_task_in_order_even_when_images_fail(
         result = results[index]
         assert result["model_version"] == "v0001"
         assert 0.0 <= result["score"] <= 1.0
-        for region in result["result"]:  # threshold 0 in the config: every candidate box comes back
+        assert result["result"]  # threshold 0 in the config: every candidate box comes back
+        for region in result["result"]:
             value = region["value"]
             assert 0 <= value["x"] <= value["x"] + value["width"] <= 100.0001
             assert 0 <= value["y"] <= value["y"] + value["height"] <= 100.0001

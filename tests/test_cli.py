@@ -49,6 +49,7 @@ def test_predict_json_on_jpeg_and_16_bit_png(trained_home: Path, inputs: dict[st
     assert [a["image"] for a in answers] == [str(inputs["jpeg"]), str(inputs["png16"])]
     for answer in answers:
         assert answer["model_version"] == "v0001"
+        assert answer["detections"]  # threshold 0: every candidate box is printed
         for detection in answer["detections"]:
             x1, y1, x2, y2 = detection["box_xyxy"]
             assert 0 <= x1 < x2 <= answer["width"] and 0 <= y1 < y2 <= answer["height"]
@@ -71,13 +72,40 @@ def test_predict_table_output(trained_home: Path, inputs: dict[str, Path]) -> No
     assert "fracture detections" in result.stdout
 
 
-def test_evaluate_reproduces_the_stored_test_metrics(trained_home: Path) -> None:
-    result = run_cli(trained_home, "evaluate", "--json")
+def test_evaluate_agrees_with_pycocotools_on_what_predict_prints(trained_home: Path, sample_dir: Path) -> None:
+    """``evaluate`` (data loader, batched inference, our metrics) against an independent path: the
+    boxes ``predict`` prints for the same X-rays, scored here by pycocotools and scikit-learn."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    result = run_cli(trained_home, "evaluate", "--json", "--split", "test")
     assert result.returncode == 0, result.stderr
     evaluated = json.loads(result.stdout)
-    stored = json.loads((trained_home / "models" / "versions" / "v0001" / "metrics.json").read_text())["test"]
-    for key in ("mAP50", "mAP75", "auroc", "accuracy"):
-        assert evaluated[key] == pytest.approx(stored[key], abs=1e-6)
+
+    truth = COCO(str(sample_dir / "test.json"))
+    images = truth.loadImgs(truth.getImgIds())
+    assert images
+    printed = run_cli(trained_home, "predict", "--json", "--threshold", "0",
+                      *(str(sample_dir / "images" / image["file_name"]) for image in images))  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    detections = [
+        {"image_id": image["id"], "category_id": 1, "score": found["score"],
+         "bbox": [x1, y1, x2 - x1, y2 - y1]}
+        for image, answer in zip(images, json.loads(printed.stdout), strict=True)
+        for found in answer["detections"] for x1, y1, x2, y2 in [found["box_xyxy"]]
+    ]  # fmt: skip
+    assert detections
+    coco_eval = COCOeval(truth, truth.loadRes(detections), "bbox")
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    assert evaluated["mAP50"] == pytest.approx(coco_eval.stats[1], abs=0.02)
+
+    fractured = [bool(truth.getAnnIds(imgIds=[image["id"]])) for image in images]
+    flagged = [any(found["score"] >= 0.5 for found in answer["detections"]) for answer in json.loads(printed.stdout)]
+    assert 0 < sum(fractured) < len(fractured)
+    agreeing = sum(f == g for f, g in zip(fractured, flagged, strict=True))
+    assert evaluated["accuracy"] == pytest.approx(agreeing / len(images))  # printed scores are rounded: no AUROC
 
 
 def test_models_list_show_and_promote(trained_home: Path) -> None:

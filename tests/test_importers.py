@@ -4,6 +4,7 @@ against a stand-in for Roboflow's cloud API (the real one cannot be reached here
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -39,11 +40,17 @@ def run_cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)  # fmt: skip
 
 
-def dataset_boxes(dataset: Path, split: str) -> dict[str, list[list[float]]]:
-    """source file name -> boxes, of one split of an imported dataset."""
+def names_by_sha256(folder: Path) -> dict[str, str]:
+    """Content hash -> file name, of every file under ``folder`` (how imported images are known)."""
+    return {hashlib.sha256(path.read_bytes()).hexdigest(): path.name for path in folder.rglob("*") if path.is_file()}
+
+
+def dataset_boxes(dataset: Path, split: str, source: Path) -> dict[str, list[list[float]]]:
+    """source file name -> boxes, of one split of a dataset imported from ``source``."""
     content = json.loads((dataset / f"{split}.json").read_text())
     by_stored_name = boxes_by_file(content)
-    source_of = {image["file_name"]: Path(image["source"]).name for image in content["images"]}
+    name_of = names_by_sha256(source)
+    source_of = {image["file_name"]: name_of[image["sha256"]] for image in content["images"]}
     return {source_of[name]: boxes for name, boxes in by_stored_name.items()}
 
 
@@ -69,8 +76,8 @@ def test_roboflow_coco_export_with_a_corrupt_file_then_reimport(sample_dir: Path
     assert broken in result.stderr and "corrupt or truncated" in result.stderr
     dataset = tmp_path / "home" / "datasets" / "wrists"
     expected_train = {k: v for k, v in expected_boxes(sample_dir, "train").items() if k != broken}
-    assert_boxes_close(dataset_boxes(dataset, "train"), expected_train, 1e-6)
-    assert_boxes_close(dataset_boxes(dataset, "val"), expected_boxes(sample_dir, "val"), 1e-6)  # "valid"
+    assert_boxes_close(dataset_boxes(dataset, "train", export), expected_train, 1e-6)
+    assert_boxes_close(dataset_boxes(dataset, "val", export), expected_boxes(sample_dir, "val"), 1e-6)  # "valid"
     categories = json.loads((dataset / "train.json").read_text())["categories"]
     assert [c["name"] for c in categories] == ["fracture"]  # Roboflow's dataset category is gone
 
@@ -89,7 +96,46 @@ def test_roboflow_yolo_export_boxes_match_the_source(sample_dir: Path, tmp_path:
     assert result.returncode == 0, result.stderr
     dataset = tmp_path / "home" / "datasets" / "yolo"
     for split in ("train", "val", "test"):  # 6 decimals of a fraction of ~400-2000 px: within 0.01 px
-        assert_boxes_close(dataset_boxes(dataset, split), expected_boxes(sample_dir, split), 0.01)
+        assert_boxes_close(dataset_boxes(dataset, split, export), expected_boxes(sample_dir, split), 0.01)
+
+
+def test_a_roboflow_export_with_four_names_for_the_fracture_imports_as_one_class(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    """Real Roboflow fracture sets mark the fracture site as angle, fracture, line and messed_up_angle."""
+    export = roboflow_coco_export(sample_dir, tmp_path / "export")
+    names = ["angle", "fracture", "line", "messed_up_angle"]
+    for split in ("train", "valid", "test"):
+        path = export / split / "_annotations.coco.json"
+        content = json.loads(path.read_text())
+        content["categories"] = [{"id": index + 1, "name": name} for index, name in enumerate(names)]
+        for index, annotation in enumerate(content["annotations"]):
+            annotation["category_id"] = 1 + index % len(names)
+        path.write_text(json.dumps(content))
+    home = tmp_path / "home"
+
+    as_is = run_cli(home, "import", "roboflow-export", str(export), "--dataset", "as-is")
+    assert as_is.returncode == 0, as_is.stderr
+    refused = run_cli(home, "--device", "cpu", "train", "--data", str(home / "datasets" / "as-is"),
+                      "--warm-start", "shipped", "--epochs", "1")  # fmt: skip
+    assert refused.returncode != 0
+    assert "--map-classes angle,line,messed_up_angle=fracture" in refused.stderr  # says how to fix it
+
+    mapped = run_cli(home, "import", "roboflow-export", str(export), "--dataset", "mapped",
+                     "--map-classes", "angle,line,messed_up_angle=fracture", "--keep-source-paths")  # fmt: skip
+    assert mapped.returncode == 0, mapped.stderr
+    for split in ("train", "val", "test"):
+        content = json.loads((home / "datasets" / "mapped" / f"{split}.json").read_text())
+        assert [c["name"] for c in content["categories"]] == ["fracture"]
+        assert len(content["annotations"]) == len(sample_coco(sample_dir, split)["annotations"])
+        assert all(Path(image["source"]).is_file() for image in content["images"])  # asked for
+    single = run_cli(home, "import", "roboflow-export", str(export), "--dataset", "single",
+                     "--single-class", "fracture")  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    categories = json.loads((home / "datasets" / "single" / "train.json").read_text())["categories"]
+    assert [c["name"] for c in categories] == ["fracture"]
+    wrong = run_cli(home, "import", "roboflow-export", str(export), "--map-classes", "angle")
+    assert wrong.returncode != 0 and "a,b,c=target" in wrong.stderr
 
 
 def test_dicom_folder_becomes_de_identified_8_bit_pngs_kept_apart_from_training(tmp_path: Path) -> None:
@@ -103,7 +149,10 @@ def test_dicom_folder_becomes_de_identified_8_bit_pngs_kept_apart_from_training(
     assert "c.dcm" in result.stderr
     dataset = tmp_path / "home" / "datasets" / "pacs"
     assert not (dataset / "train.json").exists()  # unlabelled X-rays are not negatives
-    images = {Path(i["source"]).name: i for i in json.loads((dataset / "unlabelled.json").read_text())["images"]}
+    stored = (dataset / "unlabelled.json").read_text()
+    assert "DOE_JANE" not in stored  # the file name named the patient: only the content hash is kept
+    name_of = names_by_sha256(folder)
+    images = {name_of[i["sha256"]]: i for i in json.loads(stored)["images"]}
     assert sorted(images) == ["DOE_JANE_1", "b.dcm"]
     inverted = np.asarray(Image.open(dataset / "images" / images["DOE_JANE_1"]["file_name"]))
     plain = np.asarray(Image.open(dataset / "images" / images["b.dcm"]["file_name"]))
@@ -144,11 +193,7 @@ def test_tasks_in_label_studio_with_boxes_preloaded_once(
     expected = {}
     for split in ("train", "val", "test"):
         expected.update(expected_boxes(sample_dir, split))
-    dataset = home / "datasets" / "import-test"
-    sources = {}
-    for split in ("train", "val", "test"):
-        for image in json.loads((dataset / f"{split}.json").read_text())["images"]:
-            sources[image["sha256"]] = Path(image["source"]).name
+    sources = names_by_sha256(export)
     tasks = list(client.tasks.list(project=annotated.id, fields="all"))
     assert len(tasks) == total
     for task in tasks:
@@ -240,5 +285,5 @@ def test_roboflow_download_through_the_sdk(sample_dir: Path, tmp_path: Path) -> 
         server.shutdown()
     assert result.returncode == 0, result.stderr
     dataset = tmp_path / "home" / "datasets" / "wrists-v3"
-    assert_boxes_close(dataset_boxes(dataset, "train"), expected_boxes(sample_dir, "train"), 1e-6)
+    assert_boxes_close(dataset_boxes(dataset, "train", export), expected_boxes(sample_dir, "train"), 1e-6)
     assert f"{count} added" in result.stdout

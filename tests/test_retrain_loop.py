@@ -227,10 +227,11 @@ def test_worker_killed_mid_training_publishes_nothing_and_the_job_is_reported(
     assert job_state(env, job_id)["state"] == "running"  # not dropped: RQ still holds it as started
     assert (home / "runs" / job_id / "data").is_dir()  # kept: a retry resumes from it
 
+    time.sleep(10)
+    assert "no heartbeat for" in job_state(env, job_id)["outcome"]  # not stale progress: the worker is gone
     # Once the dead worker's heartbeat lapses (monitoring interval 2 s + RQ's 60 s), the next worker's
     # maintenance finds the abandoned job; with no retries left it is reported failed.
-    time.sleep(65)
-    assert "no heartbeat for" in job_state(env, job_id)["outcome"]  # not stale progress: the worker is gone
+    time.sleep(55)
     start_worker(env, "--burst").wait(timeout=120)
     failed = job_state(env, job_id)
     assert failed["state"] == "failed", failed

@@ -85,11 +85,30 @@ def test_training_resumes_from_its_checkpoint(sample_dir: Path, tmp_path: Path) 
     assert {row["epoch"] for row in resumed.loss_log.iterations} == {1, 2}
 
 
-def test_warm_start_begins_from_the_saved_model(trained_home: Path) -> None:
+def test_warm_start_predicts_what_the_served_version_predicts(trained_home: Path, sample_dir: Path) -> None:
+    """Training's warm start (``initial_model``, what retraining uses) and serving (``Predictor``)
+    load a version by different paths; before any step they must be the same detector, and not
+    the ImageNet-initialised one (which a warm start that lost its weights would fall back to)."""
+    from torchvision.transforms.v2 import functional as F
+
+    from detection.images import load_image
+    from detection.predictor import Predictor
+
     version = ModelStore(trained_home / "models").current()
-    model, _ = initial_model(version.model_config, Initialisation(model_file=version.weights_path))
-    saved = torch.load(version.weights_path, weights_only=True)["model"]
-    assert all(torch.equal(model.state_dict()[key], value) for key, value in saved.items())
+    image = load_image(sorted((sample_dir / "images").glob("*.jpg"))[0])
+    tensor = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
+
+    def boxes_of(model: torch.nn.Module) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.eval()([tensor])[0]["boxes"]
+
+    served = Predictor.from_version(version, CPU).predict([image])[0]
+    assert len(served.boxes)  # the fixture keeps every candidate box
+    warm, _ = initial_model(version.model_config, Initialisation(model_file=version.weights_path))
+    assert torch.allclose(boxes_of(warm), torch.as_tensor(served.boxes, dtype=torch.float32), atol=1e-3)
+    fresh, _ = initial_model(version.model_config, Initialisation())
+    fresh_boxes = boxes_of(fresh)
+    assert fresh_boxes.shape != boxes_of(warm).shape or not torch.allclose(fresh_boxes, boxes_of(warm), atol=1e-3)
 
 
 def test_same_seed_same_run(sample_dir: Path, tmp_path: Path) -> None:
