@@ -25,7 +25,9 @@ from fracture_al.settings import Settings
 from integrations.image_source import ImageFetchError, LabelStudioConnection, checked_url, redact_url
 from integrations.label_config import LabelConfigError
 from integrations.task_predictions import TaskPredictor
-from worker.triggers import MalformedEvent, RetrainTrigger
+from worker.connection import connect
+from worker.scored_cache import ScoredPredictions
+from worker.triggers import WEBHOOK_REDIS_TIMEOUT_SECONDS, MalformedEvent, RetrainTrigger
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,14 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     app = Flask(__name__)
     app.json.sort_keys = False
     served = ServedModel(open_store(settings.models_dir), choose_device(settings.device))
-    service = TaskPredictor.from_settings(settings)
+    # Tasks the workers already scored for the served version are answered from their results;
+    # that needs the deployment's shared Redis (REDIS_URL, which `fracture-al up` passes on).
+    scored = None
+    if settings.redis_url:
+        scored = ScoredPredictions(
+            lambda: connect(settings, timeout=WEBHOOK_REDIS_TIMEOUT_SECONDS), settings.queue_prefix
+        )
+    service = TaskPredictor.from_settings(settings, cache=scored)
     api_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
     projects = ProjectRegistry(settings.label_studio_url, api_key)
     # Predictions may wait on slow image hosts and on the model; one thread is always kept for the

@@ -5,18 +5,20 @@ Used by the backend's ``/predict`` and by the workers that refresh a whole proje
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from PIL import Image
 
 from detection.images import ImageLoadError, load_image
 from detection.predictor import ImagePrediction, Predictor
 from fracture_al.settings import Settings
-from integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection
+from integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection, redact_url
 from integrations.label_config import RectangleTarget, rectangle_target
 from integrations.regions import prediction_regions
 from sampling.queue import TaskSignals
@@ -38,6 +40,14 @@ class TaskPrediction:
         return {"model_version": self.model_version, "score": self.score, "result": self.regions}
 
 
+class PredictionCache(Protocol):
+    """Predictions already made, by model version and image SHA-256 (worker/scored_cache.py)."""
+
+    def get_many(self, model_version: str, digests: Iterable[str]) -> dict[str, ImagePrediction]: ...
+
+    def put_many(self, model_version: str, predictions: Mapping[str, ImagePrediction]) -> None: ...
+
+
 @dataclass
 class TaskPredictor:
     image_source: ImageSource
@@ -48,9 +58,10 @@ class TaskPredictor:
     fetch_pool: ThreadPoolExecutor
     # Inference runs one request at a time: parallel forward passes only fight over the cores.
     inference_lock: threading.Lock
+    cache: PredictionCache | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TaskPredictor:
+    def from_settings(cls, settings: Settings, cache: PredictionCache | None = None) -> TaskPredictor:
         return cls(
             image_source=ImageSource.from_settings(settings),
             default_threshold=settings.predict_score_threshold,
@@ -58,6 +69,7 @@ class TaskPredictor:
             with_tta=settings.score_with_tta,
             fetch_pool=ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch"),
             inference_lock=threading.Lock(),
+            cache=cache,
         )
 
     def predict(
@@ -69,50 +81,90 @@ class TaskPredictor:
         *,
         measure: bool = False,
     ) -> list[TaskPrediction]:
-        """One prediction per task; with ``measure``, also the signals the review queue ranks by."""
+        """One prediction per task; with ``measure``, also the signals the review queue ranks by.
+
+        Images are known by the SHA-256 of their bytes: one the served version already predicted
+        (in the cache) is answered without decoding it, identical images are predicted once, and
+        what the model predicts goes into the cache. Measuring reads nothing from the cache: it
+        needs every image through the model."""
         target = rectangle_target(label_config, tuple(predictor.config.class_names))
         threshold = target.score_threshold if target.score_threshold is not None else self.default_threshold
-        loaded = list(self.fetch_pool.map(lambda task: self._load(task, target, connection), tasks))
-        images = [image for image in loaded if not isinstance(image, str)]
-        task_ids = [task.get("id") for task, image in zip(tasks, loaded, strict=True) if not isinstance(image, str)]
+        fetched = list(self.fetch_pool.map(lambda task: self._fetch(task, target, connection), tasks))
+        digests = {item.digest: item for item in fetched if item.digest is not None}  # one per distinct image
+        known = {} if measure or self.cache is None else self.cache.get_many(predictor.version, digests)
+        unknown = [item for digest, item in digests.items() if digest not in known]
+        decoded = dict(zip([item.digest for item in unknown], self.fetch_pool.map(_decode, unknown), strict=True))
+        images = {digest: image for digest, image in decoded.items() if not isinstance(image, str)}
         with self.inference_lock:
-            predicted = predictor.predict(images, batch_size=self.batch_size)
-            measured = [None] * len(images)
+            predicted = dict(zip(images, predictor.predict(list(images.values()), batch_size=self.batch_size),
+                                 strict=True))  # fmt: skip
+            measured: dict[str, TaskSignals] = {}
             if measure:
-                measured = measure_signals(
-                    task_ids, predictor, images, predicted, with_tta=self.with_tta, batch_size=self.batch_size
-                )
-        predictions, measurements = iter(predicted), iter(measured)
-        results = []
-        for task, image in zip(tasks, loaded, strict=True):
-            if isinstance(image, str):
-                results.append(TaskPrediction(task.get("id"), predictor.version, 0.0, [], error=image))
-                continue
-            prediction, signals = next(predictions), next(measurements)
-            regions = prediction_regions(
-                prediction.boxes,
-                prediction.scores,
-                prediction.class_names,
-                width=prediction.width,
-                height=prediction.height,
-                target=target,
-                threshold=threshold,
-            )
-            results.append(
-                TaskPrediction(task.get("id"), predictor.version, prediction.image_score, regions, signals=signals)
-            )
-        return results
+                signals = measure_signals(list(images), predictor, list(images.values()), list(predicted.values()),
+                                          with_tta=self.with_tta, batch_size=self.batch_size)  # fmt: skip
+                measured = dict(zip(images, signals, strict=True))
+        if self.cache is not None:
+            self.cache.put_many(predictor.version, predicted)
+        answers = {**known, **predicted}
+        return [self._result(task, item, answers, decoded, measured, target, threshold, predictor.version)
+                for task, item in zip(tasks, fetched, strict=True)]  # fmt: skip
 
-    def _load(
+    def _result(
+        self,
+        task: dict[str, Any],
+        item: _Fetched,
+        answers: dict[str, ImagePrediction],
+        decoded: dict[str, Image.Image | str],
+        measured: dict[str, TaskSignals],
+        target: RectangleTarget,
+        threshold: float,
+        version: str,
+    ) -> TaskPrediction:
+        error = item.error or (decoded.get(item.digest) if isinstance(decoded.get(item.digest), str) else None)
+        if error is not None:
+            log.warning("task %s: no prediction: %s", task.get("id"), error)
+            return TaskPrediction(task.get("id"), version, 0.0, [], error=error)
+        prediction = answers[item.digest]
+        regions = prediction_regions(
+            prediction.boxes,
+            prediction.scores,
+            prediction.class_names,
+            width=prediction.width,
+            height=prediction.height,
+            target=target,
+            threshold=threshold,
+        )
+        signals = measured.get(item.digest)
+        if signals is not None:
+            signals = replace(signals, task_id=task.get("id"))
+        return TaskPrediction(task.get("id"), version, prediction.image_score, regions, signals=signals)
+
+    def _fetch(
         self, task: dict[str, Any], target: RectangleTarget, connection: LabelStudioConnection | None
-    ) -> Image.Image | str:
-        """The task's image, or the reason it has none."""
+    ) -> _Fetched:
+        """The task image's bytes, or the reason it has none."""
         reference = (task.get("data") or {}).get(target.value_key)
         try:
-            return load_image(self.image_source.fetch(reference, connection), name=str(reference))
-        except (ImageFetchError, ImageLoadError) as error:
-            log.warning("task %s: no prediction: %s", task.get("id"), error)
-            return str(error)
+            data = self.image_source.fetch(reference, connection)
+        except ImageFetchError as error:
+            return _Fetched(redact_url(str(reference)), error=str(error))
+        return _Fetched(redact_url(reference), data=data, digest=hashlib.sha256(data).hexdigest())
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    reference: str  # as it may be logged
+    data: bytes | None = None
+    digest: str | None = None
+    error: str | None = None
+
+
+def _decode(item: _Fetched) -> Image.Image | str:
+    """The image, or why it cannot be read."""
+    try:
+        return load_image(item.data, name=item.reference)
+    except ImageLoadError as error:
+        return str(error)
 
 
 def measure_signals(

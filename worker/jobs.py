@@ -34,6 +34,7 @@ from worker.outages import REDIS_TROUBLE
 from worker.queues import RetrainScheduler, enqueue_job
 from worker.review_queue import ReviewQueueStore, rank_options, rank_stored_signals
 from worker.run_folders import prune_ended_runs, remove_run_folder
+from worker.scored_cache import ScoredPredictions
 from worker.validation import SPLIT_FIELD, TRAINING, new_assignments, split_of, with_assignments
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dic
             predicted.add(task.id)  # never a second prediction of the same version on a task
         if task.id not in predicted or task.id not in scored:
             tasks.append({"id": task.id, "data": task.data})
-    predictions = TaskPredictor.from_settings(settings).predict(
+    cache = ScoredPredictions(lambda: job.connection, settings.queue_prefix) if job is not None else None
+    predictions = TaskPredictor.from_settings(settings, cache=cache).predict(
         tasks, label_config, predictor, label_studio_connection(settings), measure=True
     )
     if signal_store is not None:
