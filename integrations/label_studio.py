@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from label_studio_sdk import LabelStudio
+from label_studio_sdk import LabelStudio, PredictionRequest
 from label_studio_sdk.core.api_error import ApiError
 
 from detection.images import ImageLoadError, load_image
@@ -151,18 +151,39 @@ def write_coco_dataset(
     return ExportedDataset(folder, {name: len(c["images"]) for name, c in splits.items()}, skipped)
 
 
-def write_predictions(client: LabelStudio, results: Iterable[tuple[int, dict[str, Any]]]) -> int:
-    """Store ``(task id, {"result", "score", "model_version"})`` pairs as Label Studio predictions."""
-    written = 0
-    for task_id, prediction in results:
-        client.predictions.create(
-            task=task_id,
-            result=prediction["result"],
-            score=prediction["score"],
-            model_version=prediction["model_version"],
-        )
-        written += 1
-    return written
+# Predictions written per request: a scoring chunk's in one, a whole project's in a few.
+PREDICTIONS_PER_REQUEST = 500
+
+
+def tasks_with_predictions(client: LabelStudio, project_id: int, task_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """``{"id", "data", "prediction_versions"}`` of the given tasks, read in one paged listing
+    (not two requests per task)."""
+    if not task_ids:
+        return []
+    query = json.dumps({"selectedItems": {"all": False, "included": list(task_ids)}})
+    listed = client.tasks.list(project=project_id, query=query, fields="all", page_size=min(len(task_ids), 1000))
+    return [
+        {"id": task.id, "data": task.data or {},
+         "prediction_versions": {_field(p, "model_version") for p in task.predictions or []}}
+        for task in listed
+    ]  # fmt: skip
+
+
+def write_predictions(client: LabelStudio, project_id: int, results: Iterable[tuple[int, dict[str, Any]]]) -> int:
+    """Store ``(task id, {"result", "score", "model_version"})`` pairs as Label Studio predictions, in
+    bulk (one request per few hundred tasks)."""
+    requests = [
+        PredictionRequest(task=task_id, result=p["result"], score=p["score"], model_version=p["model_version"])
+        for task_id, p in results
+    ]
+    for start in range(0, len(requests), PREDICTIONS_PER_REQUEST):
+        client.projects.import_predictions(project_id, request=requests[start : start + PREDICTIONS_PER_REQUEST])
+    return len(requests)
+
+
+def _field(item: Any, name: str) -> Any:
+    """A field of an SDK object or of the plain dict some listings return."""
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
 
 
 REVIEW_RANK_FIELD = "review_rank"

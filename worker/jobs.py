@@ -212,12 +212,10 @@ def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dic
         open_store(settings.models_dir).get(model_version), choose_device(settings.device)
     )
     label_config = client.projects.get(id=project_id).label_config
-    tasks, predicted = [], set()
-    for task in (client.tasks.get(id=task_id) for task_id in task_ids):
-        if any(p.model_version == model_version for p in client.predictions.list(task=task.id)):
-            predicted.add(task.id)  # never a second prediction of the same version on a task
-        if task.id not in predicted or task.id not in scored:
-            tasks.append({"id": task.id, "data": task.data})
+    listed = label_studio.tasks_with_predictions(client, project_id, task_ids)
+    # Never a second prediction of the same version on a task.
+    predicted = {task["id"] for task in listed if model_version in task["prediction_versions"]}
+    tasks = [{"id": t["id"], "data": t["data"]} for t in listed if t["id"] not in predicted or t["id"] not in scored]
     cache = ScoredPredictions(lambda: job.connection, settings.queue_prefix) if job is not None else None
     predictions = TaskPredictor.from_settings(settings, cache=cache).predict(
         tasks, label_config, predictor, label_studio_connection(settings), measure=True
@@ -225,7 +223,7 @@ def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dic
     if signal_store is not None:
         signal_store.save_signals(project_id, model_version, (p.signals for p in predictions if p.signals))
     new = [p for p in predictions if p.error is None and p.task_id not in predicted]
-    written = label_studio.write_predictions(client, ((p.task_id, p.to_label_studio()) for p in new))
+    written = label_studio.write_predictions(client, project_id, ((p.task_id, p.to_label_studio()) for p in new))
     failed = {p.task_id: p.error for p in predictions if p.error is not None}
     return {"written": written, "failed": failed, "already_done": len(task_ids) - len(tasks)}
 
