@@ -36,8 +36,8 @@ from fracture_al.cli.base import (
 def inspect(context: click.Context, project_id: int | None, data_dir: Path | None, model_version: str | None,
             name: str | None, as_json: bool) -> None:  # fmt: skip
     """Build or refresh a FiftyOne dataset: labels, predictions, evaluation, Brain, saved views."""
+    from detection.devices import choose_device
     from detection.predictor import Predictor
-    from detection.training import choose_device
     from integrations.fiftyone_inspect import (
         build_dataset,
         configure_fiftyone,

@@ -74,10 +74,11 @@ def train(
     """Train a detector and publish it as a new model version."""
     from dataclasses import replace
 
+    from detection.devices import choose_device
     from detection.recipes import recipe
     from detection.shipped_model import shipped_model_config, verified_weights, verify_version
     from detection.store import ModelStoreError
-    from detection.training import Initialisation, TrainConfig, choose_device, fit
+    from detection.training import Initialisation, TrainConfig, fit
     from detection.versioning import data_sources, publish_outcome
     from detection.weights import WeightsError
 
@@ -147,9 +148,10 @@ def evaluate(
     context: click.Context, model_name, data_dir: Path, split: str, image_threshold: float, as_json: bool
 ) -> None:
     """COCO mAP and image-level metrics of a model version on a data split."""
+    from detection.devices import choose_device
     from detection.shipped_model import verify_version
     from detection.store import load_model
-    from detection.training import TrainConfig, choose_device, evaluate_split
+    from detection.training import TrainConfig, evaluate_split
 
     settings = settings_of(context)
     version = resolve_version(settings, model_name)
@@ -184,10 +186,10 @@ def predict(
     context: click.Context, images: tuple[Path, ...], model_name, threshold: float, as_json: bool, overlay: Path | None
 ) -> None:
     """Detect fractures on X-ray image files."""
+    from detection.devices import choose_device
     from detection.images import ImageLoadError, load_image
     from detection.plots import draw_overlay
     from detection.predictor import Predictor
-    from detection.training import choose_device
 
     settings = settings_of(context)
     predictor = Predictor.from_version(resolve_version(settings, model_name), choose_device(settings.device))
