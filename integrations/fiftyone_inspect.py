@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from detection.coco import xyxy_to_xywh
 from detection.predictor import ImagePrediction
 from integrations.task_fields import SPLIT_FIELD
 
@@ -128,8 +129,8 @@ def _sample(source: InspectionSample, tags: list[str]):
 
 def _relative(box: Sequence[float], width: int, height: int) -> list[float]:
     """Pixel xyxy to FiftyOne's relative [x, y, width, height]."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height]
+    x, y, w, h = xyxy_to_xywh(box)
+    return [x / width, y / height, w / width, h / height]
 
 
 def _mistakenness(labelled) -> None:
@@ -223,7 +224,7 @@ def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", 
     their boxes, split and the folder's per-image metadata (FracAtlas's body part and view)."""
     import json
 
-    from integrations.sources.coco import boxes_by_image
+    from detection.coco import boxes_by_image
 
     images = []
     for split in splits:
