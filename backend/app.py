@@ -18,9 +18,9 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from backend.served_model import ServedModel
+from detection.devices import choose_device
 from detection.shipped_model import open_store
 from detection.store import ModelStoreError
-from detection.training import choose_device
 from fracture_al.settings import Settings
 from integrations.image_source import ImageFetchError, LabelStudioConnection, checked_url, redact_url
 from integrations.label_config import LabelConfigError

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from detection.data import CocoFile, CocoImage
+from detection.devices import choose_device
 from detection.images import load_image
 from detection.model import ModelConfig
 from detection.predictor import Predictor
 from detection.store import save_model
-from detection.training import DataSplit, Initialisation, TrainConfig, choose_device, evaluate_split, fit
+from detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit
 from integrations.task_predictions import measure_signals
 from sampling.choices import Strategy, Uncertainty
 from sampling.diversity import random_order

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from detection.data import eval_transforms
+from detection.devices import choose_device
 from detection.recipes import Recipe
-from detection.training import Initialisation, TrainConfig, choose_device, evaluate_split, fit, load_splits, make_loader
+from detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits, make_loader
 
 HIGH_RES = {"min_size": 800, "max_size": 1333}
 

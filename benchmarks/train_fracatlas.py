@@ -23,12 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.predictions import compact
+from detection.devices import choose_device
 from detection.images import load_image
 from detection.model import ModelConfig
 from detection.predictor import Predictor
 from detection.recipes import RECIPES, recipe
 from detection.store import ModelStore
-from detection.training import Initialisation, TrainConfig, choose_device, evaluate_split, fit, load_splits
+from detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from detection.versioning import data_sources, publish_outcome
 
 

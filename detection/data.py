@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
+from detection.coco import xywh_to_xyxy
 from detection.images import load_image
 
 
@@ -64,10 +65,10 @@ class CocoFile:
         boxes: dict[int, list[list[float]]] = {}
         labels: dict[int, list[int]] = {}
         for annotation in self.content.get("annotations", []):
-            x, y, w, h = annotation["bbox"]
-            if w <= 1 or h <= 1:  # degenerate boxes break the box regression targets
+            x1, y1, x2, y2 = xywh_to_xyxy(annotation["bbox"])
+            if x2 - x1 <= 1 or y2 - y1 <= 1:  # degenerate boxes break the box regression targets
                 continue
-            boxes.setdefault(annotation["image_id"], []).append([x, y, x + w, y + h])
+            boxes.setdefault(annotation["image_id"], []).append([x1, y1, x2, y2])
             labels.setdefault(annotation["image_id"], []).append(self.label_of_category[annotation["category_id"]])
         reserved = {"id", "file_name", "width", "height"}
         return [

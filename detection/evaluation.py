@@ -19,6 +19,7 @@ from pycocotools.cocoeval import COCOeval
 from sklearn.metrics import roc_auc_score
 
 from detection.bootstrap import bootstrap_interval
+from detection.coco import xyxy_to_xywh
 from detection.data import CocoFile
 
 COCO_STAT_NAMES = {0: "mAP", 1: "mAP50", 2: "mAP75", 8: "AR100"}
@@ -63,11 +64,11 @@ def coco_results(coco: CocoFile, predictions: Sequence[dict[str, Any]]) -> list[
         {
             "image_id": prediction["image_id"],
             "category_id": category_of_label[int(label)],
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "bbox": xyxy_to_xywh(box),
             "score": float(score),
         }
         for prediction in predictions
-        for (x1, y1, x2, y2), score, label in zip(
+        for box, score, label in zip(
             np.asarray(prediction["boxes"], dtype=float).reshape(-1, 4).tolist(),
             np.asarray(prediction["scores"], dtype=float).tolist(),
             np.asarray(prediction["labels"]).tolist(),

@@ -121,14 +121,6 @@ class TrainingOutcome:
         return self.images_seen / self.seconds if self.seconds else 0.0
 
 
-def choose_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no GPU; use --device cpu")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

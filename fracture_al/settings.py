@@ -8,6 +8,7 @@ values they need down as arguments.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,17 @@ class Settings(BaseSettings):
     @property
     def files_root(self) -> Path:
         return self.label_studio_files_root or self.datasets_dir
+
+    def child_environment(self, **extra: str) -> dict[str, str]:
+        """The environment of a child process that builds its own Settings (gunicorn's workers, RQ
+        workers and their work-horses, the processes `up` starts): this one's, plus the choices
+        made here, flags included."""
+        chosen = {"FRACTURE_AL_HOME": str(self.home), "FRACTURE_AL_DEVICE": self.device,
+                  "FRACTURE_AL_QUEUE_PREFIX": self.queue_prefix,
+                  "FRACTURE_AL_BACKEND_THREADS": str(self.backend_threads)}  # fmt: skip
+        if self.redis_url:
+            chosen["REDIS_URL"] = self.redis_url
+        return {**os.environ, **chosen, **extra}
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the CLI flags that were actually given (``None`` means not given)."""

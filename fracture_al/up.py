@@ -190,11 +190,8 @@ class Stack:
             shutdown_embedded(self.settings)
 
     def environment(self, **extra: str) -> dict[str, str]:
-        env = {**os.environ, "FRACTURE_AL_HOME": str(self.settings.home), "FRACTURE_AL_DEVICE": self.settings.device,
-               "FRACTURE_AL_QUEUE_PREFIX": self.settings.queue_prefix, **extra}  # fmt: skip
-        if self.redis_url:
-            env["REDIS_URL"] = self.redis_url
-        return env
+        """The children's environment; they join the Redis this process started or was given."""
+        return self.settings.child_environment(**({"REDIS_URL": self.redis_url} if self.redis_url else {}), **extra)
 
     def _spawn(self, name: str, arguments: list[str], env: dict[str, str]) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,9 @@ from typing import Any
 
 from PIL import Image
 
+from detection.coco import annotation_record, boxes_by_image
 from detection.images import ImageLoadError, load_image
 from integrations.dicom import is_dicom, read_dicom
-from integrations.sources.coco import boxes_by_image
 from integrations.sources.records import SourceImage
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,13 @@ def _append(content: dict[str, Any], image: DatasetImage, source_path: Path | No
         entry["source"] = str(source_path)
     content["images"].append(entry)
     category_of = {c["name"]: c["id"] for c in content["categories"]}
-    for class_name, (x1, y1, x2, y2) in image.boxes:
+    for class_name, box in image.boxes:
         if class_name not in category_of:
             category_of[class_name] = len(category_of) + 1
             content["categories"].append({"id": category_of[class_name], "name": class_name})
         content["annotations"].append(
-            {"id": len(content["annotations"]) + 1, "image_id": image.image_id, "category_id": category_of[class_name],
-             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
-        )  # fmt: skip
+            annotation_record(len(content["annotations"]) + 1, image.image_id, category_of[class_name], box)
+        )
 
 
 def _materialise(path: Path, raw: bytes, deidentify: bool) -> tuple[bytes, str, int, int, dict[str, Any]]:

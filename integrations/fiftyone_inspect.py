@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from detection.coco import xyxy_to_xywh
 from detection.predictor import ImagePrediction
 from integrations.task_fields import SPLIT_FIELD
 
@@ -128,8 +129,8 @@ def _sample(source: InspectionSample, tags: list[str]):
 
 def _relative(box: Sequence[float], width: int, height: int) -> list[float]:
     """Pixel xyxy to FiftyOne's relative [x, y, width, height]."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height]
+    x, y, w, h = xyxy_to_xywh(box)
+    return [x / width, y / height, w / width, h / height]
 
 
 def _mistakenness(labelled) -> None:
@@ -223,7 +224,7 @@ def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", 
     their boxes, split and the folder's per-image metadata (FracAtlas's body part and view)."""
     import json
 
-    from integrations.sources.coco import boxes_by_image
+    from detection.coco import boxes_by_image
 
     images = []
     for split in splits:
@@ -276,3 +277,54 @@ def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, ta
         fields.update({k: v for k, v in data.items() if k.startswith("dicom_") or k == "review_rank"})
         images.append(LabelledImage(path, width, height, truth, fields))
     return images
+
+
+def label_studio_images(
+    client, project_id: int, class_names: Sequence[str], fetch: Callable[[str], bytes], media_dir: Path
+) -> list[LabelledImage]:
+    """The project's tasks as images to inspect, boxes read through its labelling config."""
+    from integrations.label_config import rectangle_target
+
+    target = rectangle_target(client.projects.get(id=project_id).label_config, tuple(class_names))
+    return images_from_label_studio(client, project_id, fetch, media_dir, target)
+
+
+class SendBackError(ValueError):
+    """Tagged samples that cannot go to Label Studio; the message says why and what to do."""
+
+
+def send_tagged_back(
+    client, dataset_name: str, tag: str, project_id: int | None, *, files_root: Path
+) -> tuple[int, list[int], int]:
+    """Put the samples of ``dataset_name`` tagged ``tag`` in front of annotators again: the tasks
+    they came from, or (for a dataset built from a folder) tasks created for them in
+    ``project_id``. Returns the project, the task ids and the id of the review view."""
+    import fiftyone as fo
+
+    from integrations.dataset_folder import DatasetFolder
+    from integrations.label_studio import request_review
+    from integrations.label_studio_import import SHA_FIELD, LabelStudioImportError, import_dataset
+
+    if not fo.dataset_exists(dataset_name):
+        raise SendBackError(f"no FiftyOne dataset {dataset_name!r}")
+    dataset = fo.load_dataset(dataset_name)
+    tagged = dataset.match_tags(tag)
+    if not len(tagged):
+        raise SendBackError(f"no sample of {dataset_name} is tagged {tag!r}")
+    if dataset.info.get("source") == "label_studio":
+        project_id, task_ids = dataset.info["project"], tagged.values("task_id")
+    else:
+        if project_id is None:
+            raise SendBackError("this dataset was built from a folder: say which Label Studio project gets the tasks")
+        if not tagged.has_field("sha256"):
+            raise SendBackError("only datasets written by `fracture-al import` can be sent to Label Studio; import it")
+        folder = DatasetFolder(Path(dataset.info["data"]))
+        wanted = set(tagged.values("sha256"))
+        try:
+            import_dataset(client, project_id, folder, [i for i in folder.images() if i.sha256 in wanted],
+                           files_root=files_root, boxes_as="annotations")  # fmt: skip
+        except LabelStudioImportError as error:
+            raise SendBackError(str(error)) from error
+        task_ids = [t.id for t in client.tasks.list(project=project_id) if (t.data or {}).get(SHA_FIELD) in wanted]
+    view_id = request_review(client, project_id, task_ids, tag)
+    return project_id, task_ids, view_id

@@ -19,6 +19,7 @@ import httpx
 from label_studio_sdk import LabelStudio, PredictionRequest
 from label_studio_sdk.core.api_error import ApiError
 
+from detection.coco import annotation_record
 from detection.images import ImageLoadError, load_image
 from integrations.image_source import ImageFetchError
 from integrations.label_config import RectangleTarget
@@ -137,14 +138,12 @@ def write_coco_dataset(
             {"id": task["id"], "file_name": file_name, "width": image.width, "height": image.height,
              "annotation_id": annotation.get("id")}
         )  # fmt: skip
-        for label, (x1, y1, x2, y2) in annotation_boxes(annotation, target, image.width, image.height):
+        for label, box in annotation_boxes(annotation, target, image.width, image.height):
             if label not in class_of_label:
                 continue
             split["annotations"].append(
-                {"id": len(split["annotations"]) + 1, "image_id": task["id"],
-                 "category_id": category_of[class_of_label[label]], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                 "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
-            )  # fmt: skip
+                annotation_record(len(split["annotations"]) + 1, task["id"], category_of[class_of_label[label]], box)
+            )
     categories = [{"id": category_of[name], "name": name} for name in class_names]
     for name, content in splits.items():
         (folder / f"{name}.json").write_text(json.dumps({**content, "categories": categories}))

@@ -9,7 +9,6 @@ batch over embedding space.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
 
 from sampling.choices import Strategy
 
@@ -57,6 +56,9 @@ def select_batch(
     if strategy == "k_center":
         picked = k_center_greedy(pool_embeddings, k, first=0)
     elif strategy == "kmeans_pp":
+        # Imported when this strategy runs: the backend's workers import the queue's types, never rank.
+        from sklearn.cluster import kmeans_plusplus
+
         _, picked = kmeans_plusplus(
             pool_embeddings, n_clusters=k, sample_weight=uncertainty[pool] + 1e-9, random_state=seed
         )

@@ -250,3 +250,16 @@ def test_webhook_acknowledges_unknown_events_and_rejects_garbage(home: Path) -> 
     client = client_for(home)
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).status_code == 200
     assert client.post("/webhook", data="nope", content_type="application/json").status_code == 400
+
+
+def test_the_backend_does_not_load_the_training_stack() -> None:
+    """Every gunicorn worker imports the app: what only training and ranking need stays out."""
+    import subprocess
+    import sys
+
+    heavy = ("detection.training", "pycocotools", "sklearn", "fiftyone", "matplotlib")
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, backend.app; print([m for m in {heavy!r} if m in sys.modules])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert loaded == "[]"

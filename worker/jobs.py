@@ -16,13 +16,14 @@ from typing import Any
 from rq import get_current_job
 from rq.job import Dependency, Job
 
+from detection.devices import choose_device
 from detection.evaluation import ImageMatches, match_detections
 from detection.model import ModelConfig
 from detection.predictor import Predictor
 from detection.provenance import PROVENANCE_FILE, exported_records
 from detection.shipped_model import open_store, verify_version
 from detection.store import load_model, write_json
-from detection.training import DataSplit, Initialisation, TrainConfig, choose_device, evaluate_split, fit, load_splits
+from detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from detection.versioning import data_sources, staged_outcome
 from fracture_al.settings import Settings
 from integrations import label_studio

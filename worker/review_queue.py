@@ -66,3 +66,15 @@ def rank_stored_signals(
     """The queue over the project's still unlabelled tasks that ``model_version`` has scored."""
     signals = [s for s in store.signals(project_id, model_version) if s.task_id in unlabelled]
     return rank_tasks(signals, **options)
+
+
+def queue_as_ranked(store: ReviewQueueStore, project_id: int, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The queue last written to Label Studio (``{"model_version", "options", "entries"}``), ranked
+    again from the same stored scores when ``options`` differ from the ones it was ranked with;
+    None while the project has no queue. Raises ValueError for options the scores cannot serve."""
+    ranking = store.ranking(project_id)
+    if ranking is None or options == ranking["options"]:
+        return ranking
+    pool = {entry["task_id"] for entry in ranking["entries"]}
+    ranked = rank_stored_signals(store, project_id, ranking["model_version"], pool, options)
+    return {**ranking, "options": options, "entries": [entry.to_dict() for entry in ranked]}

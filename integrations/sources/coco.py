@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from detection.coco import boxes_by_image
 from integrations.sources.records import SourceFormatError, SourceImage
 
 
@@ -27,16 +28,3 @@ def read_coco(annotations: Path, image_dir: Path | None = None, *, split: str = 
     boxes_of = boxes_by_image(content.get("annotations", []), name_of)
     for image in images:
         yield SourceImage(image_dir / image["file_name"], split, boxes_of.get(image["id"], []))
-
-
-def boxes_by_image(annotations: list[dict], name_of: dict[int, str]) -> dict[int, list[tuple[str, list[float]]]]:
-    """COCO annotations grouped by image id as ``(class name, [x1, y1, x2, y2])``; annotations of a
-    category missing from ``name_of`` are left out."""
-    boxes_of: dict[int, list[tuple[str, list[float]]]] = {}
-    for annotation in annotations:
-        if annotation["category_id"] not in name_of:
-            continue
-        x, y, w, h = (float(v) for v in annotation["bbox"])
-        box = (name_of[annotation["category_id"]], [x, y, x + w, y + h])
-        boxes_of.setdefault(annotation["image_id"], []).append(box)
-    return boxes_of

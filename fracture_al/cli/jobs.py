@@ -1,0 +1,103 @@
+"""The queues, from the command line: ``retrain`` (queue one now), ``jobs`` (what the workers do
+and did) and ``queue`` (a project's review queue)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from fracture_al.cli.base import CliError, console, main, redis_connection, resolve_version, settings_of
+
+
+@main.command()
+@click.option("--project", "project_id", type=int, required=True, help="Label Studio project id.")
+@click.pass_context
+def retrain(context: click.Context, project_id: int) -> None:
+    """Queue a retrain of PROJECT now (coalesced with one already waiting)."""
+    from worker.queues import RetrainScheduler
+
+    settings = settings_of(context)
+    request = RetrainScheduler(settings, redis_connection(settings)).request(project_id, reason="manual", force=True)
+    console.print(f"retrain of project {project_id}: {request.status} as job {request.job_id}")
+
+
+@main.command()
+@click.option("--limit", type=int, default=20, show_default=True, help="Jobs shown per state.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs(context: click.Context, limit: int, as_json: bool) -> None:
+    """Queued, running, finished and failed jobs, with their progress and errors."""
+    from worker.status import job_rows
+
+    settings = settings_of(context)
+    rows = job_rows(settings, redis_connection(settings), limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table("state", "job", "what", "progress", "ended / error", title="fracture-al jobs")
+    for row in rows:
+        table.add_row(row["state"], row["id"], row["description"], row["progress"], row["outcome"])
+    console.print(table)
+
+
+@main.command()
+@click.option("--project", "project_id", type=int, required=True, help="Label Studio project id.")
+@click.option("--strategy", type=click.Choice(["uncertainty", "k_center", "kmeans_pp"]), default=None,
+              help="Batch selection (FRACTURE_AL_QUEUE_STRATEGY).")  # fmt: skip
+@click.option("--uncertainty", type=click.Choice(["least_confidence", "entropy", "margin", "tta"]), default=None,
+              help="Acquisition score (FRACTURE_AL_QUEUE_UNCERTAINTY).")  # fmt: skip
+@click.option("--batch-size", type=int, default=None, help="X-rays at the top spread over embedding space.")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows shown (0 = all).")
+@click.option("--refresh", is_flag=True, help="Queue a re-scoring of the project with the current model.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def queue(
+    context: click.Context,
+    project_id: int,
+    strategy: str | None,
+    uncertainty: str | None,
+    batch_size: int | None,
+    top: int,
+    refresh: bool,
+    as_json: bool,
+) -> None:
+    """The review queue of PROJECT: its unlabelled X-rays, the one to label first on top.
+
+    Shows the queue last written to Label Studio, ranked again from the same scores when another
+    --strategy, --uncertainty or --batch-size is asked for."""
+    from worker.queues import enqueue_job
+    from worker.review_queue import ReviewQueueStore, queue_as_ranked, rank_options
+
+    settings = settings_of(context)
+    connection = redis_connection(settings)
+    if refresh:
+        version = resolve_version(settings, None).name
+        job = enqueue_job(settings, "scoring", connection, "worker.jobs.refresh_predictions", project_id, version,
+                          description=f"score project {project_id} with {version}")  # fmt: skip
+        console.print(f"scoring of project {project_id} with {version} queued as job {job.id}")
+        return
+    options = rank_options(settings, strategy=strategy, uncertainty=uncertainty, batch_size=batch_size)
+    try:
+        ranking = queue_as_ranked(ReviewQueueStore(settings, connection), project_id, options)
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    if ranking is None:
+        raise CliError(
+            f"project {project_id} has no review queue yet: it is ranked after each new model version, "
+            f"or run `fracture-al queue --project {project_id} --refresh` with a worker running"
+        )
+    entries = ranking["entries"]
+    shown = entries[:top] if top else entries
+    if as_json:
+        payload = {"project": project_id, "model_version": ranking["model_version"], "options": options}
+        click.echo(json.dumps({**payload, "total": len(entries), "entries": shown}, indent=2))
+        return
+    title = f"review queue of project {project_id} ({ranking['model_version']}, {options['uncertainty']}, " \
+            f"{options['strategy']}): {len(entries)} unlabelled X-rays"  # fmt: skip
+    table = Table("rank", "task", "uncertainty", "prediction score", title=title)
+    for entry in shown:
+        table.add_row(str(entry["rank"]), str(entry["task_id"]), f"{entry['uncertainty']:.4f}",
+                      f"{entry['queue_score']:.4f}")  # fmt: skip
+    console.print(table)
