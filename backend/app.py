@@ -15,19 +15,19 @@ import threading
 from typing import Any, Protocol
 
 from flask import Flask, Response, jsonify, request
+from fracture_al.backend.served_model import ServedModel
+from fracture_al.detection.devices import choose_device
+from fracture_al.detection.shipped_model import open_store
+from fracture_al.detection.store import ModelStoreError
+from fracture_al.integrations.image_source import ImageFetchError, LabelStudioConnection, checked_url, redact_url
+from fracture_al.integrations.label_config import LabelConfigError
+from fracture_al.integrations.task_predictions import TaskPredictor
+from fracture_al.worker.connection import connect
+from fracture_al.worker.scored_cache import ScoredPredictions
+from fracture_al.worker.triggers import WEBHOOK_REDIS_TIMEOUT_SECONDS, MalformedEvent, RetrainTrigger
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from backend.served_model import ServedModel
-from detection.devices import choose_device
-from detection.shipped_model import open_store
-from detection.store import ModelStoreError
 from fracture_al.settings import Settings
-from integrations.image_source import ImageFetchError, LabelStudioConnection, checked_url, redact_url
-from integrations.label_config import LabelConfigError
-from integrations.task_predictions import TaskPredictor
-from worker.connection import connect
-from worker.scored_cache import ScoredPredictions
-from worker.triggers import WEBHOOK_REDIS_TIMEOUT_SECONDS, MalformedEvent, RetrainTrigger
 
 log = logging.getLogger(__name__)
 

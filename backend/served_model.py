@@ -6,9 +6,8 @@ import logging
 import threading
 
 import torch
-
-from detection.predictor import Predictor
-from detection.store import ModelStore
+from fracture_al.detection.predictor import Predictor
+from fracture_al.detection.store import ModelStore
 
 log = logging.getLogger(__name__)
 

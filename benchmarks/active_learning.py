@@ -33,18 +33,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-
-from detection.data import CocoFile, CocoImage
-from detection.devices import choose_device
-from detection.images import load_image
-from detection.model import ModelConfig
-from detection.predictor import Predictor
-from detection.store import save_model
-from detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit
-from integrations.task_predictions import measure_signals
-from sampling.choices import Strategy, Uncertainty
-from sampling.diversity import random_order
-from sampling.queue import TaskSignals, rank_tasks
+from fracture_al.detection.data import CocoFile, CocoImage
+from fracture_al.detection.devices import choose_device
+from fracture_al.detection.images import load_image
+from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.predictor import Predictor
+from fracture_al.detection.store import save_model
+from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit
+from fracture_al.integrations.task_predictions import measure_signals
+from fracture_al.sampling.choices import Strategy, Uncertainty
+from fracture_al.sampling.diversity import random_order
+from fracture_al.sampling.queue import TaskSignals, rank_tasks
 
 # Each acquisition the review queue can be set to (uncertainty, batch strategy); None = random.
 ACQUISITIONS: dict[str, tuple[Uncertainty, Strategy] | None] = {

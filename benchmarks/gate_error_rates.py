@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from detection.evaluation import ImageMatches
-from worker.gate import GateRule, quality_gate
+from fracture_al.detection.evaluation import ImageMatches
+from fracture_al.worker.gate import GateRule, quality_gate
 
 SERVED = {"hit_rate": 0.60, "false_alarms": 0.8}
 SCENARIOS = {

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from detection.data import eval_transforms
-from detection.devices import choose_device
-from detection.recipes import Recipe
-from detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits, make_loader
+from fracture_al.detection.data import eval_transforms
+from fracture_al.detection.devices import choose_device
+from fracture_al.detection.recipes import Recipe
+from fracture_al.detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits, make_loader
 
 HIGH_RES = {"min_size": 800, "max_size": 1333}
 

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import redis
 import requests
-
-from integrations.loopback import free_port, wait_until_answering
+from fracture_al.integrations.loopback import free_port, wait_until_answering
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image"><Label value="fracture"/></RectangleLabels></View>"""

@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+from fracture_al.detection.images import load_image
+from fracture_al.detection.predictor import Predictor
+from fracture_al.detection.shipped_model import open_store
+from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
+from fracture_al.integrations.label_studio_server import LabelStudioServer
+from fracture_al.integrations.loopback import free_port
 from label_studio_sdk import LabelStudio
-
-from detection.images import load_image
-from detection.predictor import Predictor
-from detection.shipped_model import open_store
-from integrations.label_config import FRACTURE_LABEL_CONFIG
-from integrations.label_studio_server import LabelStudioServer
-from integrations.loopback import free_port
 
 
 def bare(predictor: Predictor, paths: list[Path], batch_size: int) -> float:
@@ -74,7 +73,7 @@ def main() -> None:
         bare_seconds = bare(predictor, [work / "files" / "images" / name for name in names], batch_size=8)
         print(f"bare model: {len(names)} X-rays in {bare_seconds:.1f} s", flush=True)
 
-        from worker.jobs import score_tasks
+        from fracture_al.worker.jobs import score_tasks
 
         started = time.perf_counter()
         outcome = score_tasks(project.id, task_ids, version.name)

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-
-from detection.data import CocoImage
+from fracture_al.detection.data import CocoImage
 
 
 def resize_factor(width: int, height: int, min_size: int, max_size: int) -> float:

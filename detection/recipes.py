@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from detection.anchors import fit_anchors
-from detection.data import CocoFile
-from detection.model import ModelConfig
-from detection.training import TrainConfig
+from fracture_al.detection.anchors import fit_anchors
+from fracture_al.detection.data import CocoFile
+from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.training import TrainConfig
 
 
 @dataclass(frozen=True)

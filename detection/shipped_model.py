@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from detection.model import ModelConfig
-from detection.store import MODEL_FILE, ModelStore, ModelStoreError, ModelVersion, write_json
-from detection.weights import sha256_of
+from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, ModelVersion, write_json
+from fracture_al.detection.weights import sha256_of
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 MANIFEST_FILE = "manifest.json"

@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from detection.images import load_image
-from detection.plots import plot_losses, plot_prediction_grid, plot_validation
-from detection.store import MODEL_FILE, ModelStore, ModelVersion, save_model, write_json
-from detection.training import DataSplit, TrainingOutcome, evaluate_split
+from fracture_al.detection.images import load_image
+from fracture_al.detection.plots import plot_losses, plot_prediction_grid, plot_validation
+from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelVersion, save_model, write_json
+from fracture_al.detection.training import DataSplit, TrainingOutcome, evaluate_split
 
 GRID_IMAGES = 8
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sampling.choices import Aggregation, Strategy, Uncertainty
+from fracture_al.sampling.choices import Aggregation, Strategy, Uncertainty
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 

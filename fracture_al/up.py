@@ -21,14 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fracture_al.integrations.dataset_folder import DatasetFolder
+from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
+from fracture_al.integrations.label_studio import connect
+from fracture_al.integrations.label_studio_import import import_dataset
+from fracture_al.integrations.label_studio_server import LabelStudioServer
+from fracture_al.integrations.loopback import port_is_free, wait_until_answering
+from fracture_al.integrations.sources.folder import read_folder
 from fracture_al.settings import Settings
-from integrations.dataset_folder import DatasetFolder
-from integrations.label_config import FRACTURE_LABEL_CONFIG
-from integrations.label_studio import connect
-from integrations.label_studio_import import import_dataset
-from integrations.label_studio_server import LabelStudioServer
-from integrations.loopback import port_is_free, wait_until_answering
-from integrations.sources.folder import read_folder
 
 
 class StackError(RuntimeError):
@@ -80,7 +80,7 @@ class Stack:
                                  f"stop what holds it or choose another with {flag}")  # fmt: skip
 
     def start_redis(self) -> None:
-        from worker.connection import connect as connect_redis
+        from fracture_al.worker.connection import connect as connect_redis
 
         connection = connect_redis(self.settings)
         connection.ping()
@@ -91,7 +91,7 @@ class Stack:
         self.say(f"Redis: {self.settings.redis_url or 'embedded, ' + str(self.settings.redis_file)}")
 
     def ensure_model(self) -> None:
-        from detection.shipped_model import open_store
+        from fracture_al.detection.shipped_model import open_store
 
         store = open_store(self.settings.models_dir)  # a new home starts from the shipped detector
         if store.current_name():
@@ -133,9 +133,9 @@ class Stack:
             raise StackError(f"the worker did not register with Redis; see {worker.log}")
 
     def prepare_project(self, label_studio_url: str, api_key: str) -> int:
-        from detection.store import ModelStore
-        from worker.connection import connect as connect_redis
-        from worker.queues import enqueue_job
+        from fracture_al.detection.store import ModelStore
+        from fracture_al.worker.connection import connect as connect_redis
+        from fracture_al.worker.queues import REFRESH_PREDICTIONS, enqueue_job
 
         client = connect(label_studio_url, api_key)
         project = next((p for p in client.projects.list() if p.title == self.project_title), None)
@@ -158,7 +158,7 @@ class Stack:
                 project=project.id, url=self.backend_url, title="fracture-al", is_interactive=False, **auth
             )
         version = ModelStore(self.settings.models_dir).current_name()
-        enqueue_job(self.settings, "scoring", connect_redis(self.settings), "worker.jobs.refresh_predictions",
+        enqueue_job(self.settings, "scoring", connect_redis(self.settings), REFRESH_PREDICTIONS,
                     project.id, version, description=f"score project {project.id} with {version}")  # fmt: skip
         return project.id
 
@@ -184,7 +184,7 @@ class Stack:
             self.say("stopping Label Studio")
             self.label_studio.stop()
         if self.redis_url and not self.settings.redis_url:
-            from worker.connection import shutdown_embedded
+            from fracture_al.worker.connection import shutdown_embedded
 
             self.say("stopping the embedded Redis")
             shutdown_embedded(self.settings)
@@ -227,7 +227,7 @@ class Stack:
     def _wait_for_worker(self, worker: Child, timeout: float = 60.0) -> bool:
         from rq import Worker
 
-        from worker.connection import connect as connect_redis
+        from fracture_al.worker.connection import connect as connect_redis
 
         connection = connect_redis(self.settings)
         deadline = time.monotonic() + timeout

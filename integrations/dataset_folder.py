@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fracture_al.detection.coco import annotation_record, boxes_by_image
+from fracture_al.detection.images import ImageLoadError, load_image
+from fracture_al.integrations.dicom import is_dicom, read_dicom
+from fracture_al.integrations.sources.records import SourceImage
 from PIL import Image
-
-from detection.coco import annotation_record, boxes_by_image
-from detection.images import ImageLoadError, load_image
-from integrations.dicom import is_dicom, read_dicom
-from integrations.sources.records import SourceImage
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from detection.coco import xyxy_to_xywh
-from detection.predictor import ImagePrediction
-from integrations.task_fields import SPLIT_FIELD
+from fracture_al.detection.coco import xyxy_to_xywh
+from fracture_al.detection.predictor import ImagePrediction
+from fracture_al.integrations.task_fields import SPLIT_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +200,9 @@ def inspect_images(
 ) -> list[InspectionSample]:
     """Run ``predictor`` over the images: every candidate box, the backbone embedding and the image's
     uncertainty (the review queue's score), with a progress bar."""
+    from fracture_al.detection.images import load_image
+    from fracture_al.sampling.uncertainty import image_uncertainty
     from tqdm import tqdm
-
-    from detection.images import load_image
-    from sampling.uncertainty import image_uncertainty
 
     inspected = []
     for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch"):
@@ -224,7 +222,7 @@ def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", 
     their boxes, split and the folder's per-image metadata (FracAtlas's body part and view)."""
     import json
 
-    from detection.coco import boxes_by_image
+    from fracture_al.detection.coco import boxes_by_image
 
     images = []
     for split in splits:
@@ -245,11 +243,10 @@ def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, ta
     """Every task of the project: its image (fetched once into ``media_dir``: FiftyOne reads local
     files), the latest annotation's boxes as ground truth (None while unlabelled), task id, split,
     queue rank and de-identified DICOM tags. ``fetch`` maps an image reference to its bytes."""
+    from fracture_al.detection.images import ImageLoadError, load_image
+    from fracture_al.integrations.image_source import ImageFetchError
+    from fracture_al.integrations.label_studio import annotation_boxes, latest_annotation
     from PIL import Image
-
-    from detection.images import ImageLoadError, load_image
-    from integrations.image_source import ImageFetchError
-    from integrations.label_studio import annotation_boxes, latest_annotation
 
     class_of_label = {label: name for name, label in target.label_of_class.items()}
     media_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +280,7 @@ def label_studio_images(
     client, project_id: int, class_names: Sequence[str], fetch: Callable[[str], bytes], media_dir: Path
 ) -> list[LabelledImage]:
     """The project's tasks as images to inspect, boxes read through its labelling config."""
-    from integrations.label_config import rectangle_target
+    from fracture_al.integrations.label_config import rectangle_target
 
     target = rectangle_target(client.projects.get(id=project_id).label_config, tuple(class_names))
     return images_from_label_studio(client, project_id, fetch, media_dir, target)
@@ -300,10 +297,9 @@ def send_tagged_back(
     they came from, or (for a dataset built from a folder) tasks created for them in
     ``project_id``. Returns the project, the task ids and the id of the review view."""
     import fiftyone as fo
-
-    from integrations.dataset_folder import DatasetFolder
-    from integrations.label_studio import request_review
-    from integrations.label_studio_import import SHA_FIELD, LabelStudioImportError, import_dataset
+    from fracture_al.integrations.dataset_folder import DatasetFolder
+    from fracture_al.integrations.label_studio import request_review
+    from fracture_al.integrations.label_studio_import import SHA_FIELD, LabelStudioImportError, import_dataset
 
     if not fo.dataset_exists(dataset_name):
         raise SendBackError(f"no FiftyOne dataset {dataset_name!r}")

@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fracture_al.detection.coco import annotation_record
+from fracture_al.detection.images import ImageLoadError, load_image
+from fracture_al.integrations.image_source import ImageFetchError
+from fracture_al.integrations.label_config import RectangleTarget
+from fracture_al.integrations.regions import percent_to_box
+from fracture_al.sampling.queue import QueueEntry
 from label_studio_sdk import LabelStudio, PredictionRequest
 from label_studio_sdk.core.api_error import ApiError
-
-from detection.coco import annotation_record
-from detection.images import ImageLoadError, load_image
-from integrations.image_source import ImageFetchError
-from integrations.label_config import RectangleTarget
-from integrations.regions import percent_to_box
-from sampling.queue import QueueEntry
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from fracture_al.integrations.dataset_folder import DatasetFolder, DatasetImage
+from fracture_al.integrations.label_config import RectangleTarget, rectangle_target
+from fracture_al.integrations.regions import prediction_regions
+from fracture_al.integrations.task_fields import SPLIT_FIELD
 from label_studio_sdk import LabelStudio
-
-from integrations.dataset_folder import DatasetFolder, DatasetImage
-from integrations.label_config import RectangleTarget, rectangle_target
-from integrations.regions import prediction_regions
-from integrations.task_fields import SPLIT_FIELD
 
 BoxesAs = Literal["annotations", "predictions"]
 SHA_FIELD = "source_sha256"

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from integrations.loopback import port_is_free, wait_until_answering
+from fracture_al.integrations.loopback import port_is_free, wait_until_answering
 
 DEFAULT_VENV = Path(__file__).resolve().parents[1] / ".venv-labelstudio"
 

@@ -10,8 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-
-from integrations.label_config import RectangleTarget
+from fracture_al.integrations.label_config import RectangleTarget
 
 
 def box_to_percent(box_xyxy: Iterable[float], width: int, height: int) -> dict[str, float]:

@@ -13,16 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from fracture_al.detection.images import ImageLoadError, load_image
+from fracture_al.detection.predictor import ImagePrediction, Predictor
+from fracture_al.integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection, redact_url
+from fracture_al.integrations.label_config import RectangleTarget, rectangle_target
+from fracture_al.integrations.regions import prediction_regions
+from fracture_al.sampling.queue import TaskSignals
+from fracture_al.sampling.uncertainty import localization_instability
 from PIL import Image
 
-from detection.images import ImageLoadError, load_image
-from detection.predictor import ImagePrediction, Predictor
 from fracture_al.settings import Settings
-from integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection, redact_url
-from integrations.label_config import RectangleTarget, rectangle_target
-from integrations.regions import prediction_regions
-from sampling.queue import TaskSignals
-from sampling.uncertainty import localization_instability
 
 log = logging.getLogger(__name__)
 

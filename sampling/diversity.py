@@ -9,8 +9,7 @@ batch over embedding space.
 from __future__ import annotations
 
 import numpy as np
-
-from sampling.choices import Strategy
+from fracture_al.sampling.choices import Strategy
 
 
 def k_center_greedy(embeddings: np.ndarray, k: int, first: int) -> list[int]:

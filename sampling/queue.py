@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-
-from sampling.choices import Aggregation, Strategy, Uncertainty
-from sampling.diversity import review_order
-from sampling.uncertainty import image_uncertainty
+from fracture_al.sampling.choices import Aggregation, Strategy, Uncertainty
+from fracture_al.sampling.diversity import review_order
+from fracture_al.sampling.uncertainty import image_uncertainty
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fracture_al.integrations.label_studio_server import LabelStudioServer
+from fracture_al.integrations.loopback import free_port
 from loopback_servers import FileServer, Handler
 
 from fracture_al.settings import SAMPLE_DIR
-from integrations.label_studio_server import LabelStudioServer
-from integrations.loopback import free_port
 
 SHARED_FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"
 
@@ -36,10 +36,10 @@ def shared_fracatlas() -> Path:
 @pytest.fixture(scope="session")
 def trained_home(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Path:
     """A fracture-al home holding one small model trained on the bundled sample (v0001)."""
-    from detection.model import ModelConfig
-    from detection.store import ModelStore
-    from detection.training import Initialisation, TrainConfig, fit, load_splits
-    from detection.versioning import data_sources, publish_outcome
+    from fracture_al.detection.model import ModelConfig
+    from fracture_al.detection.store import ModelStore
+    from fracture_al.detection.training import Initialisation, TrainConfig, fit, load_splits
+    from fracture_al.detection.versioning import data_sources, publish_outcome
 
     home = tmp_path_factory.mktemp("home")
     splits = load_splits(sample_dir)

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import requests
+from fracture_al.backend.app import create_app
+from fracture_al.integrations.label_studio_server import LabelStudioServer
 from label_studio_sdk import LabelStudio
 from PIL import Image
 from werkzeug.serving import make_server
 
-from backend.app import create_app
 from fracture_al.settings import Settings
-from integrations.label_studio_server import LabelStudioServer
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +138,7 @@ def test_label_studio_stores_our_predictions_and_sends_annotations_back(
 
 
 def test_a_wrong_api_key_is_named_as_such(label_studio: LabelStudioServer) -> None:
-    from integrations.label_studio import LabelStudioUnavailableError, connect
+    from fracture_al.integrations.label_studio import LabelStudioUnavailableError, connect
 
     with pytest.raises(LabelStudioUnavailableError, match="refused the API key"):
         connect(label_studio.url, "f" * 40)

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builders import write_dicom
-
-from detection.images import ImageLoadError
-from integrations.dicom import is_dicom, read_dicom
+from fracture_al.detection.images import ImageLoadError
+from fracture_al.integrations.dicom import is_dicom, read_dicom
 
 RAMP = np.tile(np.linspace(0, 4095, 32), (16, 1)).astype(np.uint16)  # dark left, bright right
 

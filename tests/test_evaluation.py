@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from detection.data import CocoFile
-from detection.evaluation import evaluate_predictions
+from fracture_al.detection.data import CocoFile
+from fracture_al.detection.evaluation import evaluate_predictions
 
 # Four 100x100 X-rays: two with one fracture each, two without.
 TRUTH = {1: [10, 10, 50, 50], 2: [20, 30, 60, 70]}

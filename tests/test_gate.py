@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from detection.data import CocoFile
-from detection.evaluation import ImageMatches, average_precision, coco_detection_metrics, match_detections
-from worker.gate import GateRule, quality_gate
-from worker.validation import SPLIT_FIELD, held_out_draw, new_assignments, with_assignments
+from fracture_al.detection.data import CocoFile
+from fracture_al.detection.evaluation import ImageMatches, average_precision, coco_detection_metrics, match_detections
+from fracture_al.worker.gate import GateRule, quality_gate
+from fracture_al.worker.validation import SPLIT_FIELD, held_out_draw, new_assignments, with_assignments
 
 RULE = GateRule(min_images=20, min_fractures=10, resamples=300)
 

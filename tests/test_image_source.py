@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection, checked_url, redact_url
+from fracture_al.integrations.image_source import (
+    ImageFetchError,
+    ImageSource,
+    LabelStudioConnection,
+    checked_url,
+    redact_url,
+)
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 

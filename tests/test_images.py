@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fracture_al.detection.images import ImageLoadError, load_image
 from PIL import Image
-
-from detection.images import ImageLoadError, load_image
 
 
 def first_sample_image(sample_dir: Path) -> Path:
@@ -86,7 +85,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_decompression_bomb_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("detection.images.MAX_PIXELS", 100)
+    monkeypatch.setattr("fracture_al.detection.images.MAX_PIXELS", 100)
     buffer = io.BytesIO()
     Image.new("L", (20, 20)).save(buffer, format="PNG")
     with pytest.raises(ImageLoadError, match="pixel limit"):

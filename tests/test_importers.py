@@ -25,13 +25,12 @@ from builders import (
     write_dicom,
 )
 from flask import Flask, Response, jsonify, request
+from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
+from fracture_al.integrations.label_studio_server import LabelStudioServer
+from fracture_al.integrations.regions import percent_to_box
 from label_studio_sdk import LabelStudio
 from PIL import Image
 from werkzeug.serving import make_server
-
-from integrations.label_config import FRACTURE_LABEL_CONFIG
-from integrations.label_studio_server import LabelStudioServer
-from integrations.regions import percent_to_box
 
 
 def run_cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fracture_al.detection.predictor import Predictor
+from fracture_al.detection.store import ModelStore
 from PIL import Image, ImageEnhance, ImageOps
-
-from detection.predictor import Predictor
-from detection.store import ModelStore
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from sampling.diversity import k_center_greedy, select_batch
-from sampling.uncertainty import (
+from fracture_al.sampling.diversity import k_center_greedy, select_batch
+from fracture_al.sampling.uncertainty import (
     binary_entropy,
     image_uncertainty,
     least_confidence,
@@ -86,7 +85,7 @@ def test_unknown_strategy() -> None:
 
 
 def test_review_order_puts_the_diverse_batch_first_then_the_rest_by_uncertainty() -> None:
-    from sampling.diversity import random_order, review_order
+    from fracture_al.sampling.diversity import random_order, review_order
 
     uncertainty = np.array([0.9, 0.89, 0.1, 0.5, 0.3])
     embeddings = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [1.0, 0.0], [9.0, 9.0]])  # 1 copies 0
@@ -98,13 +97,13 @@ def test_review_order_puts_the_diverse_batch_first_then_the_rest_by_uncertainty(
 
 
 def _signals(task_id: int, scores: list[float], instability: float | None = None, embedding=None):
-    from sampling.queue import TaskSignals
+    from fracture_al.sampling.queue import TaskSignals
 
     return TaskSignals(task_id, scores, instability, embedding)
 
 
 def test_queue_puts_the_hesitant_x_ray_first_and_maps_rank_to_an_ascending_score() -> None:
-    from sampling.queue import rank_tasks
+    from fracture_al.sampling.queue import rank_tasks
 
     signals = [
         _signals(30, [0.98]),  # a confident fracture
@@ -121,7 +120,7 @@ def test_queue_puts_the_hesitant_x_ray_first_and_maps_rank_to_an_ascending_score
 
 
 def test_queue_spreads_its_first_batch_over_copies_of_one_x_ray() -> None:
-    from sampling.queue import rank_tasks
+    from fracture_al.sampling.queue import rank_tasks
 
     copy, other, third = [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]
     signals = [
@@ -139,7 +138,7 @@ def test_queue_spreads_its_first_batch_over_copies_of_one_x_ray() -> None:
 
 
 def test_queue_by_tta_instability_and_its_clear_error_without_tta() -> None:
-    from sampling.queue import rank_tasks
+    from fracture_al.sampling.queue import rank_tasks
 
     signals = [_signals(1, [0.9], instability=0.1), _signals(2, [0.9], instability=0.7)]
     assert [e.task_id for e in rank_tasks(signals, uncertainty="tta", strategy="uncertainty")] == [2, 1]

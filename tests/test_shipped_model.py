@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fracture_al.detection.data import CocoFile
+from fracture_al.detection.images import load_image
+from fracture_al.detection.predictor import Predictor
+from fracture_al.detection.shipped_model import SHIPPED_DIR, ShippedModelError, install_shipped, manifest, open_store
+from fracture_al.detection.store import ModelStore
 from torchvision.ops import box_iou
-
-from detection.data import CocoFile
-from detection.images import load_image
-from detection.predictor import Predictor
-from detection.shipped_model import SHIPPED_DIR, ShippedModelError, install_shipped, manifest, open_store
-from detection.store import ModelStore
 
 pytestmark = pytest.mark.slow  # runs the 800 px detector on the CPU
 

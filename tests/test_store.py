@@ -6,8 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-
-from detection.store import MODEL_FILE, ModelStore, ModelStoreError, write_json
+from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, write_json
 
 
 def stage_fake_version(store: ModelStore, marker: str) -> Path:

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from detection.model import ModelConfig, build_model, load_pretrained
-from detection.weights import KNOWN_CHECKPOINTS, WeightsError, resolve_checkpoint
+from fracture_al.detection.model import ModelConfig, build_model, load_pretrained
+from fracture_al.detection.weights import KNOWN_CHECKPOINTS, WeightsError, resolve_checkpoint
 
 MOBILENET = "mobilenet_v2-b0353104.pth"
 
@@ -16,7 +15,7 @@ def empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A torch hub cache with nothing in it, and no packaged copies to fall back on."""
     hub = tmp_path / "hub"
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-    monkeypatch.setattr("detection.weights.importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("fracture_al.detection.weights.importlib.util.find_spec", lambda name: None)
     return hub
 
 

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from detection.bootstrap import paired_difference
-from detection.evaluation import ImageMatches, average_precision, sensitivity_at
+from fracture_al.detection.bootstrap import paired_difference
+from fracture_al.detection.evaluation import ImageMatches, average_precision, sensitivity_at
 
 
 @dataclass(frozen=True)

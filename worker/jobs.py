@@ -13,30 +13,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fracture_al.detection.devices import choose_device
+from fracture_al.detection.evaluation import ImageMatches, match_detections
+from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.predictor import Predictor
+from fracture_al.detection.provenance import PROVENANCE_FILE, exported_records
+from fracture_al.detection.shipped_model import open_store, verify_version
+from fracture_al.detection.store import load_model, write_json
+from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
+from fracture_al.detection.versioning import data_sources, staged_outcome
+from fracture_al.integrations import label_studio
+from fracture_al.integrations.image_source import ImageSource, LabelStudioConnection
+from fracture_al.integrations.label_config import rectangle_target
+from fracture_al.integrations.task_predictions import TaskPredictor
+from fracture_al.worker.gate import GateRule, quality_gate
+from fracture_al.worker.outages import REDIS_TROUBLE
+from fracture_al.worker.queues import RANK_QUEUE, REFRESH_PREDICTIONS, SCORE_TASKS, RetrainScheduler, enqueue_job
+from fracture_al.worker.review_queue import ReviewQueueStore, rank_options, rank_stored_signals
+from fracture_al.worker.run_folders import prune_ended_runs, remove_run_folder
+from fracture_al.worker.scored_cache import ScoredPredictions
+from fracture_al.worker.validation import SPLIT_FIELD, TRAINING, new_assignments, split_of, with_assignments
 from rq import get_current_job
 from rq.job import Dependency, Job
 
-from detection.devices import choose_device
-from detection.evaluation import ImageMatches, match_detections
-from detection.model import ModelConfig
-from detection.predictor import Predictor
-from detection.provenance import PROVENANCE_FILE, exported_records
-from detection.shipped_model import open_store, verify_version
-from detection.store import load_model, write_json
-from detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
-from detection.versioning import data_sources, staged_outcome
 from fracture_al.settings import Settings
-from integrations import label_studio
-from integrations.image_source import ImageSource, LabelStudioConnection
-from integrations.label_config import rectangle_target
-from integrations.task_predictions import TaskPredictor
-from worker.gate import GateRule, quality_gate
-from worker.outages import REDIS_TROUBLE
-from worker.queues import RetrainScheduler, enqueue_job
-from worker.review_queue import ReviewQueueStore, rank_options, rank_stored_signals
-from worker.run_folders import prune_ended_runs, remove_run_folder
-from worker.scored_cache import ScoredPredictions
-from worker.validation import SPLIT_FIELD, TRAINING, new_assignments, split_of, with_assignments
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
             return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept)}
         version = store.publish(staged)
 
-    scoring = enqueue_job(settings, "scoring", job.connection, "worker.jobs.refresh_predictions", project_id,
+    scoring = enqueue_job(settings, "scoring", job.connection, REFRESH_PREDICTIONS, project_id,
                           version.name) if job is not None else None  # fmt: skip
     progress.update(stage="done", result="published", model_version=version.name, reason=decision.reason, force=True)
     return {
@@ -192,11 +192,11 @@ def refresh_predictions(project_id: int, model_version: str) -> dict[str, Any]:
     size = settings.scoring_chunk_size
     chunks = [task_ids[start : start + size] for start in range(0, len(task_ids), size)]
     jobs = [
-        enqueue_job(settings, "scoring", job.connection, "worker.jobs.score_tasks", project_id, chunk, model_version)
+        enqueue_job(settings, "scoring", job.connection, SCORE_TASKS, project_id, chunk, model_version)
         for chunk in chunks
     ]
     # A chunk that fails for good (after its retries) must not hold the queue back: rank what was scored.
-    ranking = enqueue_job(settings, "scoring", job.connection, "worker.jobs.rank_queue", project_id, model_version,
+    ranking = enqueue_job(settings, "scoring", job.connection, RANK_QUEUE, project_id, model_version,
                           depends_on=Dependency(jobs=jobs, allow_failure=True) if jobs else None)  # fmt: skip
     return {"tasks": len(task_ids), "chunks": len(chunks), "jobs": [j.id for j in jobs], "rank_job": ranking.id}
 

@@ -14,6 +14,11 @@ from rq.job import Job, JobStatus
 from fracture_al.settings import Settings
 
 QueueKind = Literal["training", "scoring"]
+# The jobs of worker/jobs.py by the dotted path RQ imports them by: enqueuing one loads no torch.
+RETRAIN_PROJECT = "fracture_al.worker.jobs.retrain_project"
+REFRESH_PREDICTIONS = "fracture_al.worker.jobs.refresh_predictions"
+SCORE_TASKS = "fracture_al.worker.jobs.score_tasks"
+RANK_QUEUE = "fracture_al.worker.jobs.rank_queue"
 WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 # How long an event id is remembered: far longer than any Redis outage whose events are replayed.
 EVENT_MEMORY_SECONDS = 7 * 86400
@@ -100,7 +105,7 @@ class RetrainScheduler:
                 except WatchError:
                     continue  # another request changed the key first: look again
         get_queue(self.settings, "training", self.redis).enqueue(
-            "worker.jobs.retrain_project",
+            RETRAIN_PROJECT,
             project_id,
             job_id=job_id,
             job_timeout=self.settings.retrain_job_timeout_seconds,

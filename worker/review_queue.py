@@ -7,10 +7,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from fracture_al.sampling.queue import QueueEntry, TaskSignals, rank_tasks
 from redis import Redis
 
 from fracture_al.settings import Settings
-from sampling.queue import QueueEntry, TaskSignals, rank_tasks
 
 # Signals of a model version are useful until the next version replaces them.
 SIGNALS_TTL_SECONDS = 30 * 86400

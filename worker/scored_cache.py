@@ -14,10 +14,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
+from fracture_al.detection.predictor import ImagePrediction
+from fracture_al.worker.outages import REDIS_TROUBLE
 from redis import Redis
-
-from detection.predictor import ImagePrediction
-from worker.outages import REDIS_TROUBLE
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from integrations.task_fields import SPLIT_FIELD
+from fracture_al.integrations.task_fields import SPLIT_FIELD
 
 VALIDATION, TRAINING, TEST = "val", "train", "test"
 

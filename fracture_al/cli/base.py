@@ -43,14 +43,14 @@ def settings_of(context: click.Context) -> Settings:
 
 
 def model_store(settings: Settings):
-    from detection.shipped_model import open_store
+    from fracture_al.detection.shipped_model import open_store
 
     return open_store(settings.models_dir)
 
 
 def resolve_version(settings: Settings, name: str | None):
     """A model version by name (the current one for ``None``), or a CliError naming what exists."""
-    from detection.store import ModelStoreError
+    from fracture_al.detection.store import ModelStoreError
 
     try:
         return model_store(settings).resolve(name)
@@ -61,7 +61,7 @@ def resolve_version(settings: Settings, name: str | None):
 def redis_connection(settings: Settings):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from worker.connection import connect
+    from fracture_al.worker.connection import connect
 
     connection = connect(settings)
     try:
@@ -72,7 +72,7 @@ def redis_connection(settings: Settings):
 
 
 def label_studio_client(settings: Settings):
-    from integrations.label_studio import LabelStudioUnavailableError, connect
+    from fracture_al.integrations.label_studio import LabelStudioUnavailableError, connect
 
     if not settings.label_studio_url or settings.label_studio_api_key is None:
         raise CliError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to reach Label Studio")
@@ -88,7 +88,7 @@ def fmt(value: Any) -> str:
 
 def label_studio_connection(settings: Settings):
     """Where the configured Label Studio serves task images, and the token they are fetched with."""
-    from integrations.image_source import LabelStudioConnection
+    from fracture_al.integrations.image_source import LabelStudioConnection
 
     if not settings.label_studio_url or settings.label_studio_api_key is None:
         raise CliError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to reach Label Studio")

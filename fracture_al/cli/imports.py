@@ -50,7 +50,7 @@ def import_options(function):
 @click.pass_context
 def import_coco(context: click.Context, annotations: Path, image_dir: Path | None, split: str, **options: Any) -> None:
     """A COCO detection file."""
-    from integrations.sources.coco import read_coco
+    from fracture_al.integrations.sources.coco import read_coco
 
     _import(context, read_coco(annotations, image_dir, split=split), options, default_name=annotations.parent.name)
 
@@ -61,7 +61,7 @@ def import_coco(context: click.Context, annotations: Path, image_dir: Path | Non
 @click.pass_context
 def import_yolo(context: click.Context, data_yaml: Path, **options: Any) -> None:
     """A YOLO dataset, named by its data.yaml."""
-    from integrations.sources.yolo import read_yolo
+    from fracture_al.integrations.sources.yolo import read_yolo
 
     _import(context, read_yolo(data_yaml), options, default_name=data_yaml.parent.name)
 
@@ -72,7 +72,7 @@ def import_yolo(context: click.Context, data_yaml: Path, **options: Any) -> None
 @click.pass_context
 def import_folder(context: click.Context, folder: Path, **options: Any) -> None:
     """A folder of unlabelled X-rays: JPEG, PNG (16-bit too), TIFF and DICOM."""
-    from integrations.sources.folder import read_folder
+    from fracture_al.integrations.sources.folder import read_folder
 
     _import(context, read_folder(folder), options, default_name=folder.name)
 
@@ -83,7 +83,7 @@ def import_folder(context: click.Context, folder: Path, **options: Any) -> None:
 @click.pass_context
 def import_roboflow_export(context: click.Context, folder: Path, **options: Any) -> None:
     """A Roboflow export already on disk (COCO or YOLO)."""
-    from integrations.sources.roboflow import read_export
+    from fracture_al.integrations.sources.roboflow import read_export
 
     _import(context, read_export(folder), options, default_name=folder.name)
 
@@ -95,7 +95,7 @@ def import_roboflow_export(context: click.Context, folder: Path, **options: Any)
 @click.pass_context
 def import_roboflow(context: click.Context, version_id: str, model_format: str, **options: Any) -> None:
     """Download a Roboflow dataset version (API key from ROBOFLOW_API_KEY) and import it."""
-    from integrations.sources.roboflow import download_version, read_export
+    from fracture_al.integrations.sources.roboflow import download_version, read_export
 
     settings = settings_of(context)
     parts = version_id.split("/")
@@ -114,8 +114,8 @@ def import_roboflow(context: click.Context, version_id: str, model_format: str, 
 
 
 def _import(context: click.Context, sources, options: dict[str, Any], *, default_name: str) -> None:
-    from integrations.dataset_folder import DatasetFolder
-    from integrations.sources.records import ClassMapping, SourceFormatError
+    from fracture_al.integrations.dataset_folder import DatasetFolder
+    from fracture_al.integrations.sources.records import ClassMapping, SourceFormatError
 
     settings = settings_of(context)
     dataset = DatasetFolder(settings.datasets_dir / (options["dataset"] or default_name))
@@ -139,7 +139,7 @@ def _import(context: click.Context, sources, options: dict[str, Any], *, default
 
 
 def _import_tasks(settings: Settings, dataset, project_id: int, boxes_as: str) -> None:
-    from integrations.label_studio_import import LabelStudioImportError, import_dataset
+    from fracture_al.integrations.label_studio_import import LabelStudioImportError, import_dataset
 
     client = label_studio_client(settings)
     try:

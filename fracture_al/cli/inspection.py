@@ -36,16 +36,16 @@ from fracture_al.cli.base import (
 def inspect(context: click.Context, project_id: int | None, data_dir: Path | None, model_version: str | None,
             name: str | None, as_json: bool) -> None:  # fmt: skip
     """Build or refresh a FiftyOne dataset: labels, predictions, evaluation, Brain, saved views."""
-    from detection.devices import choose_device
-    from detection.predictor import Predictor
-    from integrations.fiftyone_inspect import (
+    from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.predictor import Predictor
+    from fracture_al.integrations.fiftyone_inspect import (
         build_dataset,
         configure_fiftyone,
         images_from_folder,
         inspect_images,
         label_studio_images,
     )
-    from integrations.image_source import ImageSource
+    from fracture_al.integrations.image_source import ImageSource
 
     settings = settings_of(context)
     if (project_id is None) == (data_dir is None):
@@ -110,8 +110,8 @@ def _stdout_to_stderr():
 @click.pass_context
 def app(context: click.Context, name: str | None, port: int) -> None:
     """Launch the FiftyOne App on loopback (remote mode: open the printed URL)."""
-    from integrations.fiftyone_inspect import configure_fiftyone
-    from integrations.loopback import port_is_free
+    from fracture_al.integrations.fiftyone_inspect import configure_fiftyone
+    from fracture_al.integrations.loopback import port_is_free
 
     settings = settings_of(context)
     configure_fiftyone(settings.home)
@@ -140,7 +140,7 @@ def app(context: click.Context, name: str | None, port: int) -> None:
 @click.pass_context
 def send_back(context: click.Context, name: str, tag: str, project_id: int | None) -> None:
     """Send the X-rays tagged in FiftyOne back to Label Studio for review, current labels preloaded."""
-    from integrations.fiftyone_inspect import SendBackError, configure_fiftyone, send_tagged_back
+    from fracture_al.integrations.fiftyone_inspect import SendBackError, configure_fiftyone, send_tagged_back
 
     settings = settings_of(context)
     configure_fiftyone(settings.home)

@@ -16,7 +16,7 @@ from fracture_al.cli.base import CliError, console, main, redis_connection, reso
 @click.pass_context
 def retrain(context: click.Context, project_id: int) -> None:
     """Queue a retrain of PROJECT now (coalesced with one already waiting)."""
-    from worker.queues import RetrainScheduler
+    from fracture_al.worker.queues import RetrainScheduler
 
     settings = settings_of(context)
     request = RetrainScheduler(settings, redis_connection(settings)).request(project_id, reason="manual", force=True)
@@ -29,7 +29,7 @@ def retrain(context: click.Context, project_id: int) -> None:
 @click.pass_context
 def jobs(context: click.Context, limit: int, as_json: bool) -> None:
     """Queued, running, finished and failed jobs, with their progress and errors."""
-    from worker.status import job_rows
+    from fracture_al.worker.status import job_rows
 
     settings = settings_of(context)
     rows = job_rows(settings, redis_connection(settings), limit=limit)
@@ -67,14 +67,14 @@ def queue(
 
     Shows the queue last written to Label Studio, ranked again from the same scores when another
     --strategy, --uncertainty or --batch-size is asked for."""
-    from worker.queues import enqueue_job
-    from worker.review_queue import ReviewQueueStore, queue_as_ranked, rank_options
+    from fracture_al.worker.queues import REFRESH_PREDICTIONS, enqueue_job
+    from fracture_al.worker.review_queue import ReviewQueueStore, queue_as_ranked, rank_options
 
     settings = settings_of(context)
     connection = redis_connection(settings)
     if refresh:
         version = resolve_version(settings, None).name
-        job = enqueue_job(settings, "scoring", connection, "worker.jobs.refresh_predictions", project_id, version,
+        job = enqueue_job(settings, "scoring", connection, REFRESH_PREDICTIONS, project_id, version,
                           description=f"score project {project_id} with {version}")  # fmt: skip
         console.print(f"scoring of project {project_id} with {version} queued as job {job.id}")
         return

@@ -74,13 +74,13 @@ def train(
     """Train a detector and publish it as a new model version."""
     from dataclasses import replace
 
-    from detection.devices import choose_device
-    from detection.recipes import recipe
-    from detection.shipped_model import shipped_model_config, verified_weights, verify_version
-    from detection.store import ModelStoreError
-    from detection.training import Initialisation, TrainConfig, fit
-    from detection.versioning import data_sources, publish_outcome
-    from detection.weights import WeightsError
+    from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.recipes import recipe
+    from fracture_al.detection.shipped_model import shipped_model_config, verified_weights, verify_version
+    from fracture_al.detection.store import ModelStoreError
+    from fracture_al.detection.training import Initialisation, TrainConfig, fit
+    from fracture_al.detection.versioning import data_sources, publish_outcome
+    from fracture_al.detection.weights import WeightsError
 
     settings = settings_of(context)
     store = model_store(settings)
@@ -148,10 +148,10 @@ def evaluate(
     context: click.Context, model_name, data_dir: Path, split: str, image_threshold: float, as_json: bool
 ) -> None:
     """COCO mAP and image-level metrics of a model version on a data split."""
-    from detection.devices import choose_device
-    from detection.shipped_model import verify_version
-    from detection.store import load_model
-    from detection.training import TrainConfig, evaluate_split
+    from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.shipped_model import verify_version
+    from fracture_al.detection.store import load_model
+    from fracture_al.detection.training import TrainConfig, evaluate_split
 
     settings = settings_of(context)
     version = resolve_version(settings, model_name)
@@ -186,10 +186,10 @@ def predict(
     context: click.Context, images: tuple[Path, ...], model_name, threshold: float, as_json: bool, overlay: Path | None
 ) -> None:
     """Detect fractures on X-ray image files."""
-    from detection.devices import choose_device
-    from detection.images import ImageLoadError, load_image
-    from detection.plots import draw_overlay
-    from detection.predictor import Predictor
+    from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.images import ImageLoadError, load_image
+    from fracture_al.detection.plots import draw_overlay
+    from fracture_al.detection.predictor import Predictor
 
     settings = settings_of(context)
     predictor = Predictor.from_version(resolve_version(settings, model_name), choose_device(settings.device))
@@ -264,7 +264,7 @@ def models_show(context: click.Context, version: str | None) -> None:
 @click.pass_context
 def models_promote(context: click.Context, version: str) -> None:
     """Serve VERSION from now on (also how to roll back)."""
-    from detection.store import ModelStoreError
+    from fracture_al.detection.store import ModelStoreError
 
     try:
         promoted = model_store(settings_of(context)).promote(version)
@@ -297,7 +297,7 @@ def _new_run_name() -> str:
 
 
 def _load_splits(data_dir: Path, class_names: list[str] | None = None):
-    from detection.training import load_splits
+    from fracture_al.detection.training import load_splits
 
     try:
         return load_splits(data_dir, class_names=class_names)

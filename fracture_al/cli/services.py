@@ -38,7 +38,7 @@ def serve(context: click.Context, host: str | None, port: int | None, workers: i
         "--threads", str(settings.backend_threads),
         "--timeout", "300",  # a "retrieve predictions" over many tasks is one long request
         "--access-logfile", "-",
-        "backend.app:create_app()",
+        "fracture_al.backend.app:create_app()",
     ]  # fmt: skip
     os.execvpe(command[0], command, env)
 
@@ -54,9 +54,9 @@ def serve(context: click.Context, host: str | None, port: int | None, workers: i
 def up(context: click.Context, images: Path, project_title: str, label_studio_port: int,
        backend_port: int | None) -> None:  # fmt: skip
     """Start Redis, Label Studio, the ML backend and a worker on loopback; Ctrl-C stops them all."""
+    from fracture_al.integrations.label_studio import LabelStudioUnavailableError
+    from fracture_al.integrations.label_studio_server import LabelStudioStartError
     from fracture_al.up import Stack, StackError
-    from integrations.label_studio import LabelStudioUnavailableError
-    from integrations.label_studio_server import LabelStudioStartError
 
     settings = settings_of(context).with_overrides(backend_port=backend_port)
     # Ctrl-C, a closed terminal and a service manager's stop all end the stack cleanly, also where
@@ -106,9 +106,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 @click.pass_context
 def worker(context: click.Context, queues: str, gpu: str | None, name: str | None, burst: bool) -> None:
     """Run an RQ worker for the retraining and scoring queues; it waits out Redis outages."""
-    from worker.outages import OutageTolerantWorker, work_through_outages
-    from worker.queues import get_queue, queue_name
-    from worker.status import record_last_error
+    from fracture_al.worker.outages import OutageTolerantWorker, work_through_outages
+    from fracture_al.worker.queues import get_queue, queue_name
+    from fracture_al.worker.status import record_last_error
 
     settings = settings_of(context)
     # Jobs run in forked work-horses that build their own Settings: pass the choices on.

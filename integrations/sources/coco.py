@@ -6,8 +6,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from detection.coco import boxes_by_image
-from integrations.sources.records import SourceFormatError, SourceImage
+from fracture_al.detection.coco import boxes_by_image
+from fracture_al.integrations.sources.records import SourceFormatError, SourceImage
 
 
 def read_coco(annotations: Path, image_dir: Path | None = None, *, split: str = "train") -> Iterator[SourceImage]:

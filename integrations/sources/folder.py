@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from detection.images import IMAGE_SUFFIXES
-from integrations.dicom import is_dicom
-from integrations.sources.records import SourceImage
+from fracture_al.detection.images import IMAGE_SUFFIXES
+from fracture_al.integrations.dicom import is_dicom
+from fracture_al.integrations.sources.records import SourceImage
 
 
 def read_folder(folder: Path, *, split: str = "train") -> Iterator[SourceImage]:

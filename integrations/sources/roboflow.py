@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from integrations.sources.coco import read_coco
-from integrations.sources.records import SourceFormatError, SourceImage
-from integrations.sources.yolo import read_yolo
+from fracture_al.integrations.sources.coco import read_coco
+from fracture_al.integrations.sources.records import SourceFormatError, SourceImage
+from fracture_al.integrations.sources.yolo import read_yolo
 
 SPLIT_FOLDERS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 COCO_FILE = "_annotations.coco.json"

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from fracture_al.detection.images import IMAGE_SUFFIXES
+from fracture_al.integrations.sources.records import SourceFormatError, SourceImage
 from PIL import Image, UnidentifiedImageError
-
-from detection.images import IMAGE_SUFFIXES
-from integrations.sources.records import SourceFormatError, SourceImage
 
 SPLIT_KEYS = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 

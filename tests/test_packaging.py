@@ -1,0 +1,66 @@
+"""What the package installs: only the project's own import namespace, with the shipped detector and
+the sample, and a declared requirement for every third-party module the code imports."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = ("fracture_al", "detection", "sampling", "integrations", "worker", "backend")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    folder = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(folder), str(ROOT)], check=True, capture_output=True, timeout=600)  # fmt: skip
+    (built,) = folder.glob("fracture_al-*.whl")
+    return zipfile.ZipFile(built)
+
+
+def test_a_fresh_install_exposes_only_the_projects_namespace(wheel: zipfile.ZipFile) -> None:
+    top_level = {name.split("/")[0] for name in wheel.namelist() if not name.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"fracture_al"}
+    names = set(wheel.namelist())
+    expected = {
+        "fracture_al/detection/shipped/fracture_detector.pt",
+        "fracture_al/backend/app.py",
+        "fracture_al/worker/jobs.py",
+        "fracture_al/sample/test.json",
+        "fracture_al/cli/__init__.py",
+    }
+    assert expected <= names
+    assert not any(name.startswith("tests/") for name in names)
+
+
+def test_every_third_party_import_is_a_declared_requirement() -> None:
+    declared = {
+        re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    distributions = packages_distributions()
+    imported = set()
+    for package in PRODUCT:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name not in PRODUCT}
+    assert third_party, "no imports found: the scan is broken"
+    undeclared = {
+        name: distributions.get(name)
+        for name in third_party
+        if not {d.lower().replace("_", "-") for d in distributions.get(name, [name])} & declared
+    }
+    assert undeclared == {}
