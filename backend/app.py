@@ -15,19 +15,25 @@ import threading
 from typing import Any, Protocol
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import BadRequest, HTTPException
+
 from fracture_al.backend.served_model import ServedModel
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.shipped_model import open_store
 from fracture_al.detection.store import ModelStoreError
-from fracture_al.integrations.image_source import ImageFetchError, LabelStudioConnection, checked_url, redact_url
+from fracture_al.integrations.image_source import (
+    ImageFetchError,
+    ImageSource,
+    LabelStudioConnection,
+    checked_url,
+    redact_url,
+)
 from fracture_al.integrations.label_config import LabelConfigError
 from fracture_al.integrations.task_predictions import TaskPredictor
+from fracture_al.settings import Settings
 from fracture_al.worker.connection import connect
 from fracture_al.worker.scored_cache import ScoredPredictions
 from fracture_al.worker.triggers import WEBHOOK_REDIS_TIMEOUT_SECONDS, MalformedEvent, RetrainTrigger
-from werkzeug.exceptions import BadRequest, HTTPException
-
-from fracture_al.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
         scored = ScoredPredictions(
             lambda: connect(settings, timeout=WEBHOOK_REDIS_TIMEOUT_SECONDS), settings.queue_prefix
         )
-    service = TaskPredictor.from_settings(settings, cache=scored)
+    service = TaskPredictor.create(ImageSource(**settings.image_fetching), **settings.task_predicting, cache=scored)
     api_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
     projects = ProjectRegistry(settings.label_studio_url, api_key)
     # Predictions may wait on slow image hosts and on the model; one thread is always kept for the

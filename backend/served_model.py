@@ -6,6 +6,7 @@ import logging
 import threading
 
 import torch
+
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.store import ModelStore
 

@@ -33,6 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
 from fracture_al.detection.data import CocoFile, CocoImage
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.images import load_image

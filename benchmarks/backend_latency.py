@@ -26,12 +26,13 @@ from typing import ClassVar
 
 import requests
 import torch
+from rich.console import Console
+from rich.table import Table
+
 from fracture_al.detection.images import load_image
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.store import ModelStore
 from fracture_al.integrations.loopback import free_port, wait_until_answering
-from rich.console import Console
-from rich.table import Table
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image"><Label value="fracture"/></RectangleLabels></View>"""

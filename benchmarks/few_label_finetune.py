@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.domain_shift import domain_shift, labelled_subset, write_dataset
+from benchmarks.predictions import compact, expand
 from fracture_al.detection.bootstrap import paired_difference
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import average_precision, match_detections
 from fracture_al.detection.recipes import few_label_train_config, recipe
 from fracture_al.detection.store import load_model, save_model
 from fracture_al.detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits
-
-from benchmarks.domain_shift import domain_shift, labelled_subset, write_dataset
-from benchmarks.predictions import compact, expand
 
 FINE_TUNE_RECIPES = ("plain", "few_label", "low_lr", "frozen")
 SIZES = (25, 50, 100, 200)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import redis
 import requests
-from fracture_al.integrations.loopback import free_port, wait_until_answering
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 
+from fracture_al.integrations.loopback import free_port, wait_until_answering
 from tests.backend_requests import RawRequest, raw_requests, write_image_files
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from fracture_al.detection.evaluation import ImageMatches
 from fracture_al.worker.gate import GateRule, quality_gate
 

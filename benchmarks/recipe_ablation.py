@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from fracture_al.detection.data import eval_transforms
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.recipes import Recipe

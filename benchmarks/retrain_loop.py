@@ -26,14 +26,15 @@ from pathlib import Path
 
 import requests
 import torch
+from label_studio_sdk import LabelStudio
+from rich.console import Console
+from rich.table import Table
+
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.store import ModelStore
 from fracture_al.integrations.label_studio_server import LabelStudioServer
 from fracture_al.integrations.loopback import free_port, wait_until_answering
 from fracture_al.integrations.regions import box_to_percent
-from label_studio_sdk import LabelStudio
-from rich.console import Console
-from rich.table import Table
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image"><Label value="Fracture" predicted_values="fracture"/></RectangleLabels>

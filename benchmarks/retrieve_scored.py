@@ -7,15 +7,17 @@ them. The backend runs under gunicorn (``fracture-al serve``) with the shipped m
 (REDIS_URL, default the machine's, database 11, keys under a prefix of the run's own, removed after).
 
 1. cold: one request with the N distinct X-rays (the model runs on each; fills the cache);
-2. warm: one request with all tasks (each X-ray N/tasks times), answered from the cache.
+2. warm: a freshly started backend (nothing fetched yet) gets one request with all tasks (each
+   X-ray tasks/N times): every image is fetched over HTTP and hashed, and answered from the cache.
 
-    python -m benchmarks.retrieve_scored --data ../shared/data/fracatlas --images 200 --tasks 1000 \\
+    python -m benchmarks.retrieve_scored --data ../shared/data/fracatlas --images 1000 --tasks 1000 \\
         --out benchmarks/reported/retrieve_scored.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -27,11 +29,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import redis
 import requests
+
 from fracture_al.integrations.loopback import free_port, wait_until_answering
 
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -49,6 +53,32 @@ class LabelStudioFiles(SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def serving(env: dict[str, str], log: Path) -> Iterator[str]:
+    """``fracture-al serve`` on a free port, stopped on the way out; yields its URL."""
+    port = free_port()
+    backend = subprocess.Popen([sys.executable, "-m", "fracture_al", "serve", "--port", str(port)], env=env,
+                               stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_until_answering(f"{url}/health", timeout=120, process=backend):
+            raise SystemExit(f"the backend did not start; see {log}:\n{log.read_text()}")
+        yield url
+    finally:
+        os.killpg(backend.pid, signal.SIGTERM)
+        backend.wait(timeout=60)
+
+
+def retrieve(url: str, names: list[str], count: int) -> tuple[float, list[dict]]:
+    """One "Retrieve predictions" request for ``count`` tasks cycling over ``names``: (seconds, results)."""
+    tasks = [{"id": i + 1, "data": {"image": UPLOADS + names[i % len(names)]}} for i in range(count)]
+    started = time.perf_counter()
+    reply = requests.post(f"{url}/predict", json={"tasks": tasks, "project": "1.1", "label_config": CONFIG},
+                          timeout=3600)  # fmt: skip
+    reply.raise_for_status()
+    return time.perf_counter() - started, reply.json()["results"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="FracAtlas folder (test.json, images/).")
@@ -58,9 +88,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    names = [image["file_name"] for image in json.loads((args.data / "test.json").read_text())["images"]]
-    names += [image["file_name"] for image in json.loads((args.data / "val.json").read_text())["images"]]
-    names = names[: args.images]
+    names = [image["file_name"] for split in ("test", "val", "train")
+             for image in json.loads((args.data / f"{split}.json").read_text())["images"]][: args.images]  # fmt: skip
     prefix = f"fal-retrieve-{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -71,34 +100,20 @@ def main() -> None:
             ("127.0.0.1", 0), functools.partial(LabelStudioFiles, directory=str(work / "files"))
         )
         threading.Thread(target=files.serve_forever, daemon=True).start()
-        port = free_port()
         env = {**os.environ, "FRACTURE_AL_HOME": str(work / "home"), "FRACTURE_AL_DEVICE": "cpu",
                "REDIS_URL": args.redis_url, "FRACTURE_AL_QUEUE_PREFIX": prefix,
                "LABEL_STUDIO_URL": f"http://127.0.0.1:{files.server_address[1]}",
                "LABEL_STUDIO_API_KEY": "0" * 40}  # fmt: skip
-        log = work / "serve.log"
-        backend = subprocess.Popen([sys.executable, "-m", "fracture_al", "serve", "--port", str(port)], env=env,
-                                   stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
         try:
-            if not wait_until_answering(f"{url}/health", timeout=120, process=backend):
-                raise SystemExit(f"the backend did not start; see {log}:\n{log.read_text()}")
-
-            def retrieve(count: int) -> tuple[float, list[dict]]:
-                tasks = [{"id": i + 1, "data": {"image": UPLOADS + names[i % len(names)]}} for i in range(count)]
-                started = time.perf_counter()
-                reply = requests.post(f"{url}/predict", json={"tasks": tasks, "project": "1.1", "label_config": CONFIG},
-                                      timeout=3600)  # fmt: skip
-                reply.raise_for_status()
-                return time.perf_counter() - started, reply.json()["results"]
-
-            cold_seconds, cold = retrieve(len(names))
+            # A backend of its own for each pass: the warm one has fetched nothing yet (its in-memory
+            # image cache is empty), as a backend answering tasks the workers scored.
+            with serving(env, work / "cold.log") as url:
+                cold_seconds, cold = retrieve(url, names, len(names))
             print(f"cold: {len(names)} X-rays predicted in {cold_seconds:.1f} s", flush=True)
-            warm_seconds, warm = retrieve(args.tasks)
+            with serving(env, work / "warm.log") as url:
+                warm_seconds, warm = retrieve(url, names, args.tasks)
             print(f"warm: {args.tasks} tasks answered in {warm_seconds:.1f} s", flush=True)
         finally:
-            os.killpg(backend.pid, signal.SIGTERM)
-            backend.wait(timeout=60)
             files.shutdown()
             connection = redis.Redis.from_url(args.redis_url)
             for key in connection.scan_iter(match=f"*{prefix}*"):

@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 
 import torch
+from label_studio_sdk import LabelStudio
+
 from fracture_al.detection.images import load_image
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.shipped_model import open_store
 from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
 from fracture_al.integrations.label_studio_server import LabelStudioServer
 from fracture_al.integrations.loopback import free_port
-from label_studio_sdk import LabelStudio
 
 
 def bare(predictor: Predictor, paths: list[Path], batch_size: int) -> float:

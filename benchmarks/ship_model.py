@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.predictions import expand
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.evaluation import metrics_with_intervals
 from fracture_al.detection.shipped_model import CARD_FILE, MANIFEST_FILE, SHIPPED_DIR
 from fracture_al.detection.weights import sha256_of
-
-from benchmarks.predictions import expand
 
 WEIGHTS_FILE = "fracture_detector.pt"
 ATTRIBUTION = (

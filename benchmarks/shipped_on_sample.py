@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torchvision.ops import box_iou
+
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.images import load_image
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.shipped_model import open_store
-from torchvision.ops import box_iou
-
 from fracture_al.settings import SAMPLE_DIR, Settings
 
 MATCH_IOU = 0.3

@@ -19,6 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.predictions import compact
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.images import load_image
 from fracture_al.detection.model import ModelConfig
@@ -27,10 +31,6 @@ from fracture_al.detection.recipes import RECIPES, recipe
 from fracture_al.detection.store import ModelStore
 from fracture_al.detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.detection.versioning import data_sources, publish_outcome
-from rich.console import Console
-from rich.table import Table
-
-from benchmarks.predictions import compact
 
 
 def inference_images_per_second(predictor: Predictor, paths: list[Path], batch_size: int) -> float:

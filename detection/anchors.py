@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+
 from fracture_al.detection.data import CocoImage
 
 

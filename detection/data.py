@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fracture_al.detection.coco import xywh_to_xyxy
-from fracture_al.detection.images import load_image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
+
+from fracture_al.detection.coco import xywh_to_xyxy
+from fracture_al.detection.images import load_image
 
 
 @dataclass(frozen=True)

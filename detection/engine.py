@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from fracture_al.detection.tta import detect
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+from fracture_al.detection.tta import detect
 
 # torchvision's loss names, and the names people know them by.
 LOSS_NAMES = {

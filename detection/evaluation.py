@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fracture_al.detection.bootstrap import bootstrap_interval
-from fracture_al.detection.coco import xyxy_to_xywh
-from fracture_al.detection.data import CocoFile
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from sklearn.metrics import roc_auc_score
+
+from fracture_al.detection.bootstrap import bootstrap_interval
+from fracture_al.detection.coco import xyxy_to_xywh
+from fracture_al.detection.data import CocoFile
 
 COCO_STAT_NAMES = {0: "mAP", 1: "mAP50", 2: "mAP75", 8: "AR100"}
 

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import torch
 import torchvision
-from fracture_al.detection.weights import WeightsError, load_into, load_state_dict_file, resolve_checkpoint
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import (
@@ -26,6 +25,8 @@ from torchvision.models.detection.backbone_utils import (
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from fracture_al.detection.weights import WeightsError, load_into, load_state_dict_file, resolve_checkpoint
 
 DEFAULT_ARCH = "mobilenet_v2_fpn"
 

@@ -12,10 +12,11 @@ import matplotlib
 matplotlib.use("Agg")  # workers and servers have no display
 import matplotlib.pyplot as plt
 import numpy as np
-from fracture_al.detection.engine import LOSS_NAMES
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
+
+from fracture_al.detection.engine import LOSS_NAMES
 
 VALIDATION_CURVES = {"mAP50": "mAP@50", "mAP75": "mAP@75", "mAP": "mAP@[.5:.95]", "auroc": "image AUROC"}
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.shipped_model import verify_version
 from fracture_al.detection.store import ModelVersion, load_model
 from fracture_al.detection.tta import detect
-from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, ModelVersion, write_json
 from fracture_al.detection.weights import sha256_of

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from fracture_al.detection.model import ModelConfig, build_model
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")

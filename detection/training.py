@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
 from fracture_al.detection.data import CocoDetection, CocoFile, collate, eval_transforms, train_transforms
 from fracture_al.detection.engine import LossLog, predict_batches, train_one_epoch
 from fracture_al.detection.evaluation import evaluate_predictions
 from fracture_al.detection.model import ModelConfig, build_model, load_pretrained
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"

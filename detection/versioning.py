@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from fracture_al.detection.images import load_image
 from fracture_al.detection.plots import plot_losses, plot_prediction_grid, plot_validation
 from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelVersion, save_model, write_json

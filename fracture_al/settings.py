@@ -130,6 +130,19 @@ class Settings(BaseSettings):
     def files_root(self) -> Path:
         return self.label_studio_files_root or self.datasets_dir
 
+    @property
+    def image_fetching(self) -> dict[str, Any]:
+        """What the backend and workers may fetch: ``ImageSource(**settings.image_fetching)``."""
+        return {"allowed_hosts": self.allowed_image_hosts, "local_root": self.local_image_root,
+                "timeout": self.image_fetch_timeout, "max_bytes": self.max_image_bytes,
+                "cache_bytes": self.image_cache_bytes}  # fmt: skip
+
+    @property
+    def task_predicting(self) -> dict[str, Any]:
+        """How tasks are predicted: ``TaskPredictor.create(source, **settings.task_predicting)``."""
+        return {"default_threshold": self.predict_score_threshold, "batch_size": self.predict_batch_size,
+                "with_tta": self.score_with_tta}  # fmt: skip
+
     def child_environment(self, **extra: str) -> dict[str, str]:
         """The environment of a child process that builds its own Settings (gunicorn's workers, RQ
         workers and their work-horses, the processes `up` starts): this one's, plus the choices

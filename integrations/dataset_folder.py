@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from fracture_al.detection.coco import annotation_record, boxes_by_image
 from fracture_al.detection.images import ImageLoadError, load_image
 from fracture_al.integrations.dicom import is_dicom, read_dicom
 from fracture_al.integrations.sources.records import SourceImage
-from PIL import Image
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from fracture_al.detection.images import ImageLoadError, rescale_to_uint8
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from fracture_al.detection.images import ImageLoadError, rescale_to_uint8
 
 # Tags safe to keep with a task: they describe the acquisition, not the person.
 SAFE_TAGS = (

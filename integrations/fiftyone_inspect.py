@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from fracture_al.detection.coco import xyxy_to_xywh
 from fracture_al.detection.predictor import ImagePrediction
 from fracture_al.integrations.task_fields import SPLIT_FIELD
@@ -200,9 +201,10 @@ def inspect_images(
 ) -> list[InspectionSample]:
     """Run ``predictor`` over the images: every candidate box, the backbone embedding and the image's
     uncertainty (the review queue's score), with a progress bar."""
+    from tqdm import tqdm
+
     from fracture_al.detection.images import load_image
     from fracture_al.sampling.uncertainty import image_uncertainty
-    from tqdm import tqdm
 
     inspected = []
     for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch"):
@@ -243,10 +245,11 @@ def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, ta
     """Every task of the project: its image (fetched once into ``media_dir``: FiftyOne reads local
     files), the latest annotation's boxes as ground truth (None while unlabelled), task id, split,
     queue rank and de-identified DICOM tags. ``fetch`` maps an image reference to its bytes."""
+    from PIL import Image
+
     from fracture_al.detection.images import ImageLoadError, load_image
     from fracture_al.integrations.image_source import ImageFetchError
     from fracture_al.integrations.label_studio import annotation_boxes, latest_annotation
-    from PIL import Image
 
     class_of_label = {label: name for name, label in target.label_of_class.items()}
     media_dir.mkdir(parents=True, exist_ok=True)
@@ -297,6 +300,7 @@ def send_tagged_back(
     they came from, or (for a dataset built from a folder) tasks created for them in
     ``project_id``. Returns the project, the task ids and the id of the review view."""
     import fiftyone as fo
+
     from fracture_al.integrations.dataset_folder import DatasetFolder
     from fracture_al.integrations.label_studio import request_review
     from fracture_al.integrations.label_studio_import import SHA_FIELD, LabelStudioImportError, import_dataset

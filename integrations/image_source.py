@@ -36,8 +36,6 @@ from urllib3.exceptions import HTTPError as TransportError
 from urllib3.exceptions import LocationParseError, ReadTimeoutError
 from urllib3.util import parse_url
 
-from fracture_al.settings import Settings
-
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Characters that different URL parsers treat differently (or that requests silently strips).
 _AMBIGUOUS_CHARACTERS = re.compile(r"[\\\x00-\x20\x7f]")
@@ -122,16 +120,6 @@ class ImageSource:
         self._lock = threading.Lock()
         self._session = requests.Session()
         self._session.trust_env = False  # no proxies or .netrc credentials picked up from the environment
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ImageSource:
-        return cls(
-            allowed_hosts=settings.allowed_image_hosts,
-            local_root=settings.local_image_root,
-            timeout=settings.image_fetch_timeout,
-            max_bytes=settings.max_image_bytes,
-            cache_bytes=settings.image_cache_bytes,
-        )
 
     def fetch(self, reference: str, connection: LabelStudioConnection | None) -> bytes:
         """The bytes of the image a task refers to."""

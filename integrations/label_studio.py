@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from label_studio_sdk import LabelStudio, PredictionRequest
+from label_studio_sdk.core.api_error import ApiError
+
 from fracture_al.detection.coco import annotation_record
 from fracture_al.detection.images import ImageLoadError, load_image
 from fracture_al.integrations.image_source import ImageFetchError
 from fracture_al.integrations.label_config import RectangleTarget
 from fracture_al.integrations.regions import percent_to_box
 from fracture_al.sampling.queue import QueueEntry
-from label_studio_sdk import LabelStudio, PredictionRequest
-from label_studio_sdk.core.api_error import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from label_studio_sdk import LabelStudio
+
 from fracture_al.integrations.dataset_folder import DatasetFolder, DatasetImage
 from fracture_al.integrations.label_config import RectangleTarget, rectangle_target
 from fracture_al.integrations.regions import prediction_regions
 from fracture_al.integrations.task_fields import SPLIT_FIELD
-from label_studio_sdk import LabelStudio
 
 BoxesAs = Literal["annotations", "predictions"]
 SHA_FIELD = "source_sha256"

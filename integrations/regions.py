@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
 from fracture_al.integrations.label_config import RectangleTarget
 
 

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from PIL import Image
+
 from fracture_al.detection.images import ImageLoadError, load_image
 from fracture_al.detection.predictor import ImagePrediction, Predictor
 from fracture_al.integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection, redact_url
@@ -20,9 +22,6 @@ from fracture_al.integrations.label_config import RectangleTarget, rectangle_tar
 from fracture_al.integrations.regions import prediction_regions
 from fracture_al.sampling.queue import TaskSignals
 from fracture_al.sampling.uncertainty import localization_instability
-from PIL import Image
-
-from fracture_al.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +60,20 @@ class TaskPredictor:
     cache: PredictionCache | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, cache: PredictionCache | None = None) -> TaskPredictor:
+    def create(
+        cls,
+        image_source: ImageSource,
+        *,
+        default_threshold: float,
+        batch_size: int,
+        with_tta: bool,
+        cache: PredictionCache | None = None,
+    ) -> TaskPredictor:
         return cls(
-            image_source=ImageSource.from_settings(settings),
-            default_threshold=settings.predict_score_threshold,
-            batch_size=settings.predict_batch_size,
-            with_tta=settings.score_with_tta,
+            image_source=image_source,
+            default_threshold=default_threshold,
+            batch_size=batch_size,
+            with_tta=with_tta,
             fetch_pool=ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch"),
             inference_lock=threading.Lock(),
             cache=cache,

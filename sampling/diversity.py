@@ -9,6 +9,7 @@ batch over embedding space.
 from __future__ import annotations
 
 import numpy as np
+
 from fracture_al.sampling.choices import Strategy
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from fracture_al.sampling.choices import Aggregation, Strategy, Uncertainty
 from fracture_al.sampling.diversity import review_order
 from fracture_al.sampling.uncertainty import image_uncertainty

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from fracture_al.sampling.choices import Aggregation
 from torchvision.ops import box_iou
+
+from fracture_al.sampling.choices import Aggregation
 
 
 def least_confidence(scores: np.ndarray) -> np.ndarray:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fracture_al.integrations.label_studio_server import LabelStudioServer
-from fracture_al.integrations.loopback import free_port
 from loopback_servers import FileServer, Handler
 
+from fracture_al.integrations.label_studio_server import LabelStudioServer
+from fracture_al.integrations.loopback import free_port
 from fracture_al.settings import SAMPLE_DIR
 
 SHARED_FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fracatlas"

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from backend_requests import CONFIG, IMAGE_FILES, deeply_nested, raw_requests, write_image_files
 from flask.testing import FlaskClient
-from fracture_al.backend.app import create_app
-from fracture_al.worker.triggers import RetrainTrigger
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from loopback_servers import FileServer, url_of
 
+from fracture_al.backend.app import create_app
 from fracture_al.settings import Settings
+from fracture_al.worker.triggers import RetrainTrigger
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 OTHER_TOKEN = "fedcba9876543210fedcba9876543210fedcba98"

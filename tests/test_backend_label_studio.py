@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import requests
-from fracture_al.backend.app import create_app
-from fracture_al.integrations.label_studio_server import LabelStudioServer
 from label_studio_sdk import LabelStudio
 from PIL import Image
 from werkzeug.serving import make_server
 
+from fracture_al.backend.app import create_app
+from fracture_al.integrations.label_studio_server import LabelStudioServer
 from fracture_al.settings import Settings
 
 pytestmark = pytest.mark.slow

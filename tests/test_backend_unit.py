@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from loopback_servers import FileServer, url_of
+
 from fracture_al.backend.app import create_app
 from fracture_al.detection.store import ModelStore
 from fracture_al.integrations.image_source import ImageFetchError, ImageSource, LabelStudioConnection
 from fracture_al.integrations.label_config import LabelConfigError, rectangle_target
 from fracture_al.integrations.regions import box_to_percent, percent_to_box, prediction_regions
-from loopback_servers import FileServer, url_of
-
 from fracture_al.settings import Settings
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builders import write_dicom
+
 from fracture_al.detection.images import ImageLoadError
 from fracture_al.integrations.dicom import is_dicom, read_dicom
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.evaluation import evaluate_predictions
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from PIL import Image
+
 from fracture_al.detection.predictor import ImagePrediction
 from fracture_al.integrations.fiftyone_inspect import (
     InspectionSample,
@@ -24,7 +26,6 @@ from fracture_al.integrations.fiftyone_inspect import (
     images_from_folder,
 )
 from fracture_al.integrations.loopback import free_port, wait_until_answering
-from PIL import Image
 
 # Where tests leave files for people to look at (the App screenshot); CI keeps it.
 ARTIFACTS = Path(os.environ.get("FRACTURE_AL_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
@@ -169,9 +170,10 @@ def test_tagged_x_rays_go_back_to_label_studio_and_their_corrections_come_back(
     trained_home: Path, sample_dir: Path, fiftyone_database: Path, label_studio, tmp_path: Path
 ) -> None:
     import fiftyone as fo
+    from label_studio_sdk import LabelStudio
+
     from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
     from fracture_al.integrations.regions import percent_to_box
-    from label_studio_sdk import LabelStudio
 
     client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     home = label_studio.local_files_root / "fiftyone-home"

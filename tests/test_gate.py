@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.evaluation import ImageMatches, average_precision, coco_detection_metrics, match_detections
 from fracture_al.worker.gate import GateRule, quality_gate

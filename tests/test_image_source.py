@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from fracture_al.integrations.image_source import (
     ImageFetchError,
     ImageSource,

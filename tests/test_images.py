@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fracture_al.detection.images import ImageLoadError, load_image
 from PIL import Image
+
+from fracture_al.detection.images import ImageLoadError, load_image
 
 
 def first_sample_image(sample_dir: Path) -> Path:

@@ -25,12 +25,13 @@ from builders import (
     write_dicom,
 )
 from flask import Flask, Response, jsonify, request
-from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
-from fracture_al.integrations.label_studio_server import LabelStudioServer
-from fracture_al.integrations.regions import percent_to_box
 from label_studio_sdk import LabelStudio
 from PIL import Image
 from werkzeug.serving import make_server
+
+from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
+from fracture_al.integrations.label_studio_server import LabelStudioServer
+from fracture_al.integrations.regions import percent_to_box
 
 
 def run_cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

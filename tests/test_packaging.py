@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,9 +21,15 @@ PRODUCT = ("fracture_al", "detection", "sampling", "integrations", "worker", "ba
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
-    folder = tmp_path_factory.mktemp("wheel")
+    """The wheel of the tracked files, built from a copy (setuptools builds in the source tree)."""
+    source, folder = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    for name in tracked.splitlines():
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(folder), str(ROOT)], check=True, capture_output=True, timeout=600)  # fmt: skip
+                    "--wheel-dir", str(folder), str(source)], check=True, capture_output=True, timeout=600)  # fmt: skip
     (built,) = folder.glob("fracture_al-*.whl")
     return zipfile.ZipFile(built)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageEnhance, ImageOps
+
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.store import ModelStore
-from PIL import Image, ImageEnhance, ImageOps
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,16 @@ import psutil
 import pytest
 import redis
 import requests
+from label_studio_sdk import LabelStudio
+from werkzeug.serving import make_server
+
 from fracture_al.backend.app import create_app
 from fracture_al.detection.store import ModelStore
 from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
 from fracture_al.integrations.label_studio_server import LabelStudioServer
+from fracture_al.settings import Settings
 from fracture_al.worker.run_folders import prune_ended_runs
 from fracture_al.worker.validation import held_out_draw, new_assignments
-from label_studio_sdk import LabelStudio
-from werkzeug.serving import make_server
-
-from fracture_al.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fracture_al.sampling.diversity import k_center_greedy, select_batch
 from fracture_al.sampling.uncertainty import (
     binary_entropy,

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+
 from fracture_al.backend.app import create_app
 from fracture_al.detection.predictor import ImagePrediction
 from fracture_al.detection.store import ModelStore
-from fracture_al.worker.scored_cache import ScoredPredictions
-
 from fracture_al.settings import Settings
+from fracture_al.worker.scored_cache import ScoredPredictions
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image" model_score_threshold="0"><Label value="fracture"/></RectangleLabels>

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
+
 from fracture_al.integrations.loopback import free_port, wait_until_answering
 
 CONFIG = """<View><Image name="image" value="$image"/>

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.ops import box_iou
+
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.images import load_image
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.shipped_model import SHIPPED_DIR, ShippedModelError, install_shipped, manifest, open_store
 from fracture_al.detection.store import ModelStore
-from torchvision.ops import box_iou
 
 pytestmark = pytest.mark.slow  # runs the 800 px detector on the CPU
 

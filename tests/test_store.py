@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, write_json
 
 

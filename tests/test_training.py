@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
+
 from fracture_al.detection.data import collate, eval_transforms
 from fracture_al.detection.engine import LOSS_NAMES, compute_losses
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.store import ModelStore
 from fracture_al.detection.training import Initialisation, TrainConfig, fit, initial_model, load_splits
-from PIL import Image
 
 CPU = torch.device("cpu")
 SMALL = ModelConfig(min_size=256, max_size=384)
@@ -88,9 +89,10 @@ def test_warm_start_predicts_what_the_served_version_predicts(trained_home: Path
     """Training's warm start (``initial_model``, what retraining uses) and serving (``Predictor``)
     load a version by different paths; before any step they must be the same detector, and not
     the ImageNet-initialised one (which a warm start that lost its weights would fall back to)."""
+    from torchvision.transforms.v2 import functional as F
+
     from fracture_al.detection.images import load_image
     from fracture_al.detection.predictor import Predictor
-    from torchvision.transforms.v2 import functional as F
 
     version = ModelStore(trained_home / "models").current()
     image = load_image(sorted((sample_dir / "images").glob("*.jpg"))[0])

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fracture_al.integrations.loopback import free_port, port_is_free
 from label_studio_sdk import LabelStudio
+
+from fracture_al.integrations.loopback import free_port, port_is_free
 
 pytestmark = pytest.mark.slow
 

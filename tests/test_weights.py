@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fracture_al.detection.model import ModelConfig, build_model, load_pretrained
 from fracture_al.detection.weights import KNOWN_CHECKPOINTS, WeightsError, resolve_checkpoint
 

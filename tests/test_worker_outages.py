@@ -16,12 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from fracture_al.integrations.loopback import free_port
-from fracture_al.worker.queues import get_queue
 from rq import Retry
 from rq.job import Job
 
+from fracture_al.integrations.loopback import free_port
 from fracture_al.settings import Settings
+from fracture_al.worker.queues import get_queue
 
 pytestmark = pytest.mark.slow
 

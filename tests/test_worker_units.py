@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import redis
 from backend_requests import png_claiming
-from fracture_al.integrations.label_config import rectangle_target
-from fracture_al.integrations.label_studio import latest_annotation, rotated_box_hull, write_coco_dataset
-from fracture_al.worker.queues import RetrainScheduler, queue_name
-from fracture_al.worker.triggers import RetrainTrigger
 from rq import Queue
 
+from fracture_al.integrations.label_config import rectangle_target
+from fracture_al.integrations.label_studio import latest_annotation, rotated_box_hull, write_coco_dataset
 from fracture_al.settings import Settings
+from fracture_al.worker.queues import RetrainScheduler, queue_name
+from fracture_al.worker.triggers import RetrainTrigger
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image"><Label value="Fracture" predicted_values="fracture"/></RectangleLabels>
@@ -155,10 +155,11 @@ def test_embedded_redis_is_one_server_for_the_worker_its_scheduler_and_the_cli(t
     import sys
     import time
 
-    from fracture_al.worker.connection import connect
-    from fracture_al.worker.queues import get_queue
     from rq import Retry
     from rq.job import Job
+
+    from fracture_al.worker.connection import connect
+    from fracture_al.worker.queues import get_queue
 
     settings = Settings(home=tmp_path)
     env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "FRACTURE_AL_REDIS_URL")}
@@ -273,8 +274,9 @@ end
 
 def test_retry_intervals_are_used_from_the_first() -> None:
     """RQ reads intervals from the end of the list (``intervals[len - retries_left]``)."""
-    from fracture_al.worker.queues import retry_intervals
     from rq.job import Job
+
+    from fracture_al.worker.queues import retry_intervals
 
     job = Job(connection=redis.Redis())
     job.retry_intervals = retry_intervals(2)
@@ -292,9 +294,10 @@ def test_jobs_shows_a_retrying_jobs_next_attempt_and_last_error(
     import subprocess
     import sys
 
+    from rq import Retry
+
     from fracture_al.worker.queues import get_queue
     from fracture_al.worker.status import job_rows
-    from rq import Retry
 
     settings = settings_for(tmp_path, redis_url, queue_prefix)
     connection = redis.Redis.from_url(redis_url)

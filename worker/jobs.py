@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rq import get_current_job
+from rq.job import Dependency, Job
+
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import ImageMatches, match_detections
 from fracture_al.detection.model import ModelConfig
@@ -26,6 +29,7 @@ from fracture_al.integrations import label_studio
 from fracture_al.integrations.image_source import ImageSource, LabelStudioConnection
 from fracture_al.integrations.label_config import rectangle_target
 from fracture_al.integrations.task_predictions import TaskPredictor
+from fracture_al.settings import Settings
 from fracture_al.worker.gate import GateRule, quality_gate
 from fracture_al.worker.outages import REDIS_TROUBLE
 from fracture_al.worker.queues import RANK_QUEUE, REFRESH_PREDICTIONS, SCORE_TASKS, RetrainScheduler, enqueue_job
@@ -33,10 +37,6 @@ from fracture_al.worker.review_queue import ReviewQueueStore, rank_options, rank
 from fracture_al.worker.run_folders import prune_ended_runs, remove_run_folder
 from fracture_al.worker.scored_cache import ScoredPredictions
 from fracture_al.worker.validation import SPLIT_FIELD, TRAINING, new_assignments, split_of, with_assignments
-from rq import get_current_job
-from rq.job import Dependency, Job
-
-from fracture_al.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     class_names = current.model_config.class_names if current else ModelConfig().class_names
     project = client.projects.get(id=project_id)
     target = rectangle_target(project.label_config, tuple(class_names))
-    source, connection = ImageSource.from_settings(settings), label_studio_connection(settings)
+    source, connection = ImageSource(**settings.image_fetching), label_studio_connection(settings)
     tasks = label_studio.export_annotated_tasks(client, project_id)
     assigned = {} if settings.validation_data is not None else new_assignments(tasks, settings.validation_share)
     label_studio.write_task_fields(client, {task_id: {SPLIT_FIELD: split} for task_id, split in assigned.items()})
@@ -218,7 +218,10 @@ def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dic
     predicted = {task["id"] for task in listed if model_version in task["prediction_versions"]}
     tasks = [{"id": t["id"], "data": t["data"]} for t in listed if t["id"] not in predicted or t["id"] not in scored]
     cache = ScoredPredictions(lambda: job.connection, settings.queue_prefix) if job is not None else None
-    predictions = TaskPredictor.from_settings(settings, cache=cache).predict(
+    predictor_of_tasks = TaskPredictor.create(
+        ImageSource(**settings.image_fetching), **settings.task_predicting, cache=cache
+    )
+    predictions = predictor_of_tasks.predict(
         tasks, label_config, predictor, label_studio_connection(settings), measure=True
     )
     if signal_store is not None:

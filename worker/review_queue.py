@@ -7,9 +7,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fracture_al.sampling.queue import QueueEntry, TaskSignals, rank_tasks
 from redis import Redis
 
+from fracture_al.sampling.queue import QueueEntry, TaskSignals, rank_tasks
 from fracture_al.settings import Settings
 
 # Signals of a model version are useful until the next version replaces them.

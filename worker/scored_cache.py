@@ -14,9 +14,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
+from redis import Redis
+
 from fracture_al.detection.predictor import ImagePrediction
 from fracture_al.worker.outages import REDIS_TROUBLE
-from redis import Redis
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
-from fracture_al.worker.outages import REDIS_TROUBLE
-from fracture_al.worker.queues import get_queue
 from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from fracture_al.settings import Settings
+from fracture_al.worker.outages import REDIS_TROUBLE
+from fracture_al.worker.queues import get_queue
 
 PROGRESS_KEYS = ("stage", "epoch", "iteration", "loss", "lr", "model_version", "result", "reason")
 

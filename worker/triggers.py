@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fracture_al.worker.connection import connect
-from fracture_al.worker.queues import RetrainScheduler
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fracture_al.settings import Settings
+from fracture_al.worker.connection import connect
+from fracture_al.worker.queues import RetrainScheduler
 
 log = logging.getLogger(__name__)
 

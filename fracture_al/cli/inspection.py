@@ -59,7 +59,7 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
         info = {"source": "folder", "data": str(data_dir.resolve())}
     else:
         name = name or f"fracture-al-project-{project_id}"
-        source, connection = ImageSource.from_settings(settings), label_studio_connection(settings)
+        source, connection = ImageSource(**settings.image_fetching), label_studio_connection(settings)
         images = label_studio_images(label_studio_client(settings), project_id, predictor.config.class_names,
                                      lambda reference: source.fetch(reference, connection),
                                      settings.home / "fiftyone-media" / f"project-{project_id}")  # fmt: skip

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+from PIL import Image, UnidentifiedImageError
+
 from fracture_al.detection.images import IMAGE_SUFFIXES
 from fracture_al.integrations.sources.records import SourceFormatError, SourceImage
-from PIL import Image, UnidentifiedImageError
 
 SPLIT_KEYS = {"train": "train", "val": "val", "valid": "val", "test": "test"}
 
