@@ -15,6 +15,7 @@ import threading
 from typing import Any, Protocol
 
 from flask import Flask, Response, jsonify, request
+from redis import Redis
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from fracture_al.backend.served_model import ServedModel
@@ -32,6 +33,7 @@ from fracture_al.integrations.label_config import LabelConfigError
 from fracture_al.integrations.task_predictions import TaskPredictor
 from fracture_al.settings import Settings
 from fracture_al.worker.connection import connect
+from fracture_al.worker.queues import QueueConfig
 from fracture_al.worker.scored_cache import ScoredPredictions
 from fracture_al.worker.triggers import WEBHOOK_REDIS_TIMEOUT_SECONDS, MalformedEvent, RetrainTrigger
 
@@ -52,13 +54,13 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     app = Flask(__name__)
     app.json.sort_keys = False
     served = ServedModel(open_store(settings.models_dir), choose_device(settings.device))
+
     # Tasks the workers already scored for the served version are answered from their results;
     # that needs the deployment's shared Redis (REDIS_URL, which `fracture-al up` passes on).
-    scored = None
-    if settings.redis_url:
-        scored = ScoredPredictions(
-            lambda: connect(settings, timeout=WEBHOOK_REDIS_TIMEOUT_SECONDS), settings.queue_prefix
-        )
+    def redis() -> Redis:  # with short timeouts: a hung Redis must not hold a request
+        return connect(settings.redis_url, settings.redis_file, timeout=WEBHOOK_REDIS_TIMEOUT_SECONDS)
+
+    scored = ScoredPredictions(redis, settings.queue_prefix) if settings.redis_url else None
     service = TaskPredictor.create(ImageSource(**settings.image_fetching), **settings.task_predicting, cache=scored)
     api_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
     projects = ProjectRegistry(settings.label_studio_url, api_key)
@@ -66,7 +68,7 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     # rest (Label Studio marks a backend whose /health does not answer as down).
     prediction_slots = threading.BoundedSemaphore(max(1, settings.backend_threads - 1))
     if event_sink is None:
-        trigger = RetrainTrigger(settings)
+        trigger = RetrainTrigger(QueueConfig(**settings.queueing), settings.home / "spool" / "webhooks", redis)
         trigger.start_flushing()
         event_sink = trigger
 

@@ -143,6 +143,19 @@ class Settings(BaseSettings):
         return {"default_threshold": self.predict_score_threshold, "batch_size": self.predict_batch_size,
                 "with_tta": self.score_with_tta}  # fmt: skip
 
+    @property
+    def queueing(self) -> dict[str, Any]:
+        """The queues' choices: ``QueueConfig(**settings.queueing)`` (worker/queues.py)."""
+        return {"prefix": self.queue_prefix, "retries": self.job_retries,
+                "retrain_min_new_annotations": self.retrain_min_new_annotations,
+                "retrain_job_timeout_seconds": self.retrain_job_timeout_seconds}  # fmt: skip
+
+    def queue_ranking(self, **overrides: Any) -> dict[str, Any]:
+        """How the review queue is ranked (sampling/queue.py's options), with any given override."""
+        options = {"uncertainty": self.queue_uncertainty, "aggregation": self.queue_aggregation,
+                   "strategy": self.queue_strategy, "batch_size": self.queue_batch_size, "seed": self.seed}  # fmt: skip
+        return {**options, **{key: value for key, value in overrides.items() if value is not None}}
+
     def child_environment(self, **extra: str) -> dict[str, str]:
         """The environment of a child process that builds its own Settings (gunicorn's workers, RQ
         workers and their work-horses, the processes `up` starts): this one's, plus the choices

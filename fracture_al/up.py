@@ -82,7 +82,7 @@ class Stack:
     def start_redis(self) -> None:
         from fracture_al.worker.connection import connect as connect_redis
 
-        connection = connect_redis(self.settings)
+        connection = connect_redis(self.settings.redis_url, self.settings.redis_file)
         connection.ping()
         if self.settings.redis_url:
             self.redis_url = self.settings.redis_url
@@ -135,7 +135,7 @@ class Stack:
     def prepare_project(self, label_studio_url: str, api_key: str) -> int:
         from fracture_al.detection.store import ModelStore
         from fracture_al.worker.connection import connect as connect_redis
-        from fracture_al.worker.queues import REFRESH_PREDICTIONS, enqueue_job
+        from fracture_al.worker.queues import REFRESH_PREDICTIONS, QueueConfig, enqueue_job
 
         client = connect(label_studio_url, api_key)
         project = next((p for p in client.projects.list() if p.title == self.project_title), None)
@@ -158,8 +158,9 @@ class Stack:
                 project=project.id, url=self.backend_url, title="fracture-al", is_interactive=False, **auth
             )
         version = ModelStore(self.settings.models_dir).current_name()
-        enqueue_job(self.settings, "scoring", connect_redis(self.settings), REFRESH_PREDICTIONS,
-                    project.id, version, description=f"score project {project.id} with {version}")  # fmt: skip
+        connection = connect_redis(self.settings.redis_url, self.settings.redis_file)
+        enqueue_job(QueueConfig(**self.settings.queueing), "scoring", connection, REFRESH_PREDICTIONS, project.id,
+                    version, description=f"score project {project.id} with {version}")  # fmt: skip
         return project.id
 
     def watch(self) -> Child | None:
@@ -187,7 +188,7 @@ class Stack:
             from fracture_al.worker.connection import shutdown_embedded
 
             self.say("stopping the embedded Redis")
-            shutdown_embedded(self.settings)
+            shutdown_embedded(self.settings.redis_file)
 
     def environment(self, **extra: str) -> dict[str, str]:
         """The children's environment; they join the Redis this process started or was given."""
@@ -229,7 +230,7 @@ class Stack:
 
         from fracture_al.worker.connection import connect as connect_redis
 
-        connection = connect_redis(self.settings)
+        connection = connect_redis(self.settings.redis_url, self.settings.redis_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and worker.process.poll() is None:
             if any(w.name == self._worker_name(worker) for w in Worker.all(connection=connection)):

@@ -17,7 +17,6 @@ from loopback_servers import FileServer, url_of
 
 from fracture_al.backend.app import create_app
 from fracture_al.settings import Settings
-from fracture_al.worker.triggers import RetrainTrigger
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 OTHER_TOKEN = "fedcba9876543210fedcba9876543210fedcba98"
@@ -38,7 +37,7 @@ def image_root(tmp_path: Path) -> Path:
 def client_for(home: Path, image_root: Path, redis_url: str, queue_prefix: str, **values: object) -> FlaskClient:
     settings = Settings(home=home, device="cpu", local_image_root=image_root, redis_url=redis_url,
                         queue_prefix=queue_prefix, **values)  # fmt: skip
-    return create_app(settings, event_sink=RetrainTrigger(settings)).test_client()
+    return create_app(settings).test_client()  # the real webhook sink, on the test's Redis and prefix
 
 
 # Every request gets an answer that is not a 5xx ------------------------------------------------------

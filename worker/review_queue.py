@@ -10,19 +10,18 @@ from typing import Any
 from redis import Redis
 
 from fracture_al.sampling.queue import QueueEntry, TaskSignals, rank_tasks
-from fracture_al.settings import Settings
 
 # Signals of a model version are useful until the next version replaces them.
 SIGNALS_TTL_SECONDS = 30 * 86400
 
 
 class ReviewQueueStore:
-    def __init__(self, settings: Settings, connection: Redis):
-        self.settings = settings
+    def __init__(self, prefix: str, connection: Redis):
+        self.prefix = prefix
         self.redis = connection
 
     def _key(self, what: str, *parts: Any) -> str:
-        return ":".join([self.settings.queue_prefix, what, *(str(part) for part in parts)])
+        return ":".join([self.prefix, what, *(str(part) for part in parts)])
 
     def save_signals(self, project_id: int, model_version: str, signals: Iterable[TaskSignals]) -> None:
         key = self._key("signals", project_id, model_version)
@@ -46,18 +45,6 @@ class ReviewQueueStore:
     def ranking(self, project_id: int) -> dict[str, Any] | None:
         stored = self.redis.get(self._key("queue", project_id))
         return json.loads(stored) if stored else None
-
-
-def rank_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """How the queue is ranked: the settings' choices, with any given override."""
-    options = {
-        "uncertainty": settings.queue_uncertainty,
-        "aggregation": settings.queue_aggregation,
-        "strategy": settings.queue_strategy,
-        "batch_size": settings.queue_batch_size,
-        "seed": settings.seed,
-    }
-    return {**options, **{key: value for key, value in overrides.items() if value is not None}}
 
 
 def rank_stored_signals(

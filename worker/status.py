@@ -10,17 +10,18 @@ from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from fracture_al.settings import Settings
 from fracture_al.worker.outages import REDIS_TROUBLE
 from fracture_al.worker.queues import get_queue
 
 PROGRESS_KEYS = ("stage", "epoch", "iteration", "loss", "lr", "model_version", "result", "reason")
 
 
-def job_rows(settings: Settings, connection: Redis, *, limit: int = 20) -> list[dict[str, Any]]:
+def job_rows(prefix: str, connection: Redis, *, monitoring_interval: int, limit: int = 20) -> list[dict[str, Any]]:
+    """Every job of the deployment's queues, by state; ``monitoring_interval`` is the workers'
+    heartbeat period, to tell a running job from one whose worker died."""
     rows = []
     for kind in ("training", "scoring"):
-        queue = get_queue(settings, kind, connection)
+        queue = get_queue(prefix, kind, connection)
         by_state = {
             "running": StartedJobRegistry(queue=queue).get_job_ids(),
             "queued": queue.get_job_ids(),
@@ -37,7 +38,7 @@ def job_rows(settings: Settings, connection: Redis, *, limit: int = 20) -> list[
                 if state == "scheduled":
                     row["outcome"] = _retry_outcome(job, scheduled.get_scheduled_time(job))
                 if state == "running":
-                    row["outcome"] = _liveness(job, settings.worker_job_monitoring_interval)
+                    row["outcome"] = _liveness(job, monitoring_interval)
                 rows.append(row)
     return rows
 

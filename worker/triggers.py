@@ -19,9 +19,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fracture_al.settings import Settings
-from fracture_al.worker.connection import connect
-from fracture_al.worker.queues import RetrainScheduler
+from fracture_al.worker.queues import QueueConfig, RetrainScheduler
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +105,18 @@ class EventSpool:
             os.close(descriptor)  # closing releases the lock
 
 
-def connect_for_webhooks(settings: Settings) -> Redis:
-    """The deployment's Redis with short timeouts: a hung Redis must not hold a webhook."""
-    return connect(settings, timeout=WEBHOOK_REDIS_TIMEOUT_SECONDS)
-
-
 class RetrainTrigger:
     """The backend's webhook sink: annotation events count towards a retrain, START_TRAINING forces one.
 
     Each event gets an id as it arrives and keeps it in the spool, so a replay counts it at most once.
     """
 
-    def __init__(self, settings: Settings, connection_factory: Callable[[Settings], Redis] = connect_for_webhooks):
-        self.settings = settings
-        self.connection_factory = connection_factory
-        self.spool = EventSpool(settings.home / "spool" / "webhooks")
+    def __init__(self, config: QueueConfig, spool_folder: Path, connect: Callable[[], Redis]):
+        """``connect`` opens the deployment's Redis, with timeouts of about
+        :data:`WEBHOOK_REDIS_TIMEOUT_SECONDS`: a hung Redis must not hold a webhook."""
+        self.config = config
+        self.connect = connect
+        self.spool = EventSpool(spool_folder)
         self._connection: Redis | None = None
         self._lock = threading.Lock()
 
@@ -162,7 +157,7 @@ class RetrainTrigger:
 
     def _handle(self, event: dict[str, Any]) -> dict[str, Any]:
         project_id, action = project_of(event), event["action"]
-        scheduler = RetrainScheduler(self.settings, self._redis())
+        scheduler = RetrainScheduler(self.config, self._redis())
         if action == "START_TRAINING":
             request = scheduler.request(project_id, reason="START_TRAINING", force=True)
         else:
@@ -174,5 +169,5 @@ class RetrainTrigger:
 
     def _redis(self) -> Redis:
         if self._connection is None:
-            self._connection = self.connection_factory(self.settings)
+            self._connection = self.connect()
         return self._connection

@@ -63,7 +63,7 @@ def redis_connection(settings: Settings):
 
     from fracture_al.worker.connection import connect
 
-    connection = connect(settings)
+    connection = connect(settings.redis_url, settings.redis_file)
     try:
         connection.ping()
     except RedisConnectionError as error:

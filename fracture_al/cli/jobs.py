@@ -16,10 +16,11 @@ from fracture_al.cli.base import CliError, console, main, redis_connection, reso
 @click.pass_context
 def retrain(context: click.Context, project_id: int) -> None:
     """Queue a retrain of PROJECT now (coalesced with one already waiting)."""
-    from fracture_al.worker.queues import RetrainScheduler
+    from fracture_al.worker.queues import QueueConfig, RetrainScheduler
 
     settings = settings_of(context)
-    request = RetrainScheduler(settings, redis_connection(settings)).request(project_id, reason="manual", force=True)
+    scheduler = RetrainScheduler(QueueConfig(**settings.queueing), redis_connection(settings))
+    request = scheduler.request(project_id, reason="manual", force=True)
     console.print(f"retrain of project {project_id}: {request.status} as job {request.job_id}")
 
 
@@ -32,7 +33,8 @@ def jobs(context: click.Context, limit: int, as_json: bool) -> None:
     from fracture_al.worker.status import job_rows
 
     settings = settings_of(context)
-    rows = job_rows(settings, redis_connection(settings), limit=limit)
+    rows = job_rows(settings.queue_prefix, redis_connection(settings), limit=limit,
+                    monitoring_interval=settings.worker_job_monitoring_interval)  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -67,20 +69,20 @@ def queue(
 
     Shows the queue last written to Label Studio, ranked again from the same scores when another
     --strategy, --uncertainty or --batch-size is asked for."""
-    from fracture_al.worker.queues import REFRESH_PREDICTIONS, enqueue_job
-    from fracture_al.worker.review_queue import ReviewQueueStore, queue_as_ranked, rank_options
+    from fracture_al.worker.queues import REFRESH_PREDICTIONS, QueueConfig, enqueue_job
+    from fracture_al.worker.review_queue import ReviewQueueStore, queue_as_ranked
 
     settings = settings_of(context)
     connection = redis_connection(settings)
     if refresh:
         version = resolve_version(settings, None).name
-        job = enqueue_job(settings, "scoring", connection, REFRESH_PREDICTIONS, project_id, version,
-                          description=f"score project {project_id} with {version}")  # fmt: skip
+        job = enqueue_job(QueueConfig(**settings.queueing), "scoring", connection, REFRESH_PREDICTIONS, project_id,
+                          version, description=f"score project {project_id} with {version}")  # fmt: skip
         console.print(f"scoring of project {project_id} with {version} queued as job {job.id}")
         return
-    options = rank_options(settings, strategy=strategy, uncertainty=uncertainty, batch_size=batch_size)
+    options = settings.queue_ranking(strategy=strategy, uncertainty=uncertainty, batch_size=batch_size)
     try:
-        ranking = queue_as_ranked(ReviewQueueStore(settings, connection), project_id, options)
+        ranking = queue_as_ranked(ReviewQueueStore(settings.queue_prefix, connection), project_id, options)
     except ValueError as error:
         raise CliError(str(error)) from error
     if ranking is None:

@@ -124,7 +124,7 @@ def worker(context: click.Context, queues: str, gpu: str | None, name: str | Non
 
     def make_worker(attempt: int) -> OutageTolerantWorker:
         return OutageTolerantWorker(
-            [get_queue(settings, kind, connection) for kind in kinds],
+            [get_queue(settings.queue_prefix, kind, connection) for kind in kinds],
             connection=connection,
             name=name if attempt == 0 else f"{name}.{attempt}",
             job_monitoring_interval=settings.worker_job_monitoring_interval,
@@ -135,5 +135,7 @@ def worker(context: click.Context, queues: str, gpu: str | None, name: str | Non
             exception_handlers=[record_last_error],
         )
 
-    console.print(f"worker {name} on {', '.join(queue_name(settings, k) for k in kinds)} (device {settings.device})")
+    console.print(
+        f"worker {name} on {', '.join(queue_name(settings.queue_prefix, k) for k in kinds)} (device {settings.device})"
+    )
     work_through_outages(make_worker, connection, burst=burst)
