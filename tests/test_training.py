@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -17,6 +18,7 @@ CPU = torch.device("cpu")
 SMALL = ModelConfig(min_size=256, max_size=384)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss(sample_dir: Path, tmp_path: Path) -> None:
     splits = load_splits(sample_dir)
     # Measured on un-augmented train images, before and after, with the same model code path.
@@ -58,6 +60,7 @@ def test_trained_version_has_metrics_and_the_three_plots(trained_home: Path) -> 
     assert len(version.read_json("history.json")["epochs"]) == 2
 
 
+@pytest.mark.slow
 def test_training_resumes_from_its_checkpoint(sample_dir: Path, tmp_path: Path) -> None:
     splits = load_splits(sample_dir)
     run_dir = tmp_path / "run"
@@ -111,6 +114,7 @@ def test_warm_start_predicts_what_the_served_version_predicts(trained_home: Path
     assert fresh_boxes.shape != boxes_of(warm).shape or not torch.allclose(fresh_boxes, boxes_of(warm), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_same_seed_same_run(sample_dir: Path, tmp_path: Path) -> None:
     splits = load_splits(sample_dir)
 

