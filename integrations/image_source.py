@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -97,8 +98,8 @@ class LabelStudioConnection:
     url: str
     token: str | None = field(default=None, repr=False)
 
-    @property
-    def origin(self) -> Origin:
+    @cached_property
+    def origin(self) -> Origin:  # compared on every fetch: parsed once
         return checked_url(self.url)[1]
 
 
@@ -116,7 +117,7 @@ class ImageSource:
         self.local_root = Path(local_root).resolve() if local_root else None
         self.timeout = timeout  # for the whole fetch: connecting, waiting and reading
         self.max_bytes = max_bytes
-        self._cache: LRUCache[str, bytes] = LRUCache(maxsize=cache_bytes, getsizeof=len)
+        self._cache: LRUCache[tuple[str | None, str], bytes] = LRUCache(maxsize=cache_bytes, getsizeof=len)
         self._lock = threading.Lock()
         self._session = requests.Session()
         self._session.trust_env = False  # no proxies or .netrc credentials picked up from the environment
@@ -127,12 +128,15 @@ class ImageSource:
             raise ImageFetchError("task has no image reference")
         if "\x00" in reference:
             raise ImageFetchError(f"{redact_url(reference)!r}: image references with NUL bytes are refused")
-        key = self._absolute(reference, connection)
+        url = self._absolute(reference, connection)
+        # Keyed by the Label Studio the bytes were fetched for, too: a reference refused for one
+        # project must not be answered from what another project's connection was allowed to fetch.
+        key = (connection.url if connection is not None else None, url)
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
             return cached
-        data = self._fetch_uncached(key, connection)
+        data = self._fetch_uncached(url, connection)
         if len(data) <= self._cache.maxsize // 4:  # one huge file must not evict everything
             with self._lock:
                 self._cache[key] = data
@@ -151,15 +155,15 @@ class ImageSource:
 
     def _fetch_uncached(self, reference: str, connection: LabelStudioConnection | None) -> bytes:
         try:
-            scheme = urlsplit(reference).scheme
+            parts = urlsplit(reference)
         except ValueError:
             raise ImageFetchError(f"{redact_url(reference)!r} is not a valid URL") from None
-        if scheme in DEFAULT_PORTS:
+        if parts.scheme in DEFAULT_PORTS:
             return self._fetch_url(reference, connection)
-        if scheme == "file":
-            return self._read_local(unquote(urlsplit(reference).path))
-        if scheme:
-            raise ImageFetchError(f"image scheme {scheme!r} is not supported")
+        if parts.scheme == "file":
+            return self._read_local(unquote(parts.path))
+        if parts.scheme:
+            raise ImageFetchError(f"image scheme {parts.scheme!r} is not supported")
         return self._read_local(reference)
 
     def _fetch_url(self, url: str, connection: LabelStudioConnection | None) -> bytes:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback_servers import FileServer, url_of
 
 from fracture_al.integrations.image_source import (
     ImageFetchError,
@@ -193,3 +194,16 @@ def test_checked_url_gives_the_origin_connected_to() -> None:
     assert (origin.scheme, origin.host, origin.port) == ("http", "localhost", 8080)
     assert checked_url("https://[::1]/x.jpg")[1].host == "::1"
     assert checked_url("https://example.org/x.jpg")[1].port == 443
+
+
+def test_bytes_fetched_for_one_label_studio_are_not_served_where_that_fetch_would_be_refused(
+    file_server: FileServer,
+) -> None:
+    source = ImageSource()  # no allowed hosts: only a project's own Label Studio may be fetched from
+    label_studio = LabelStudioConnection(url_of(file_server), TOKEN)
+    absolute = f"{url_of(file_server)}/data/upload/1/xray.jpg"
+    assert source.fetch(absolute, label_studio) == file_server.files["/data/upload/1/xray.jpg"]
+    with pytest.raises(ImageFetchError, match="not the Label Studio"):
+        source.fetch(absolute, LabelStudioConnection("http://127.0.0.1:1", TOKEN))  # another project's
+    with pytest.raises(ImageFetchError, match="not the Label Studio"):
+        source.fetch(absolute, None)
