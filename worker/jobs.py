@@ -30,8 +30,8 @@ from fracture_al.integrations.image_source import ImageSource, LabelStudioConnec
 from fracture_al.integrations.label_config import rectangle_target
 from fracture_al.integrations.task_predictions import TaskPredictor
 from fracture_al.settings import Settings
+from fracture_al.worker.connection import REDIS_TROUBLE
 from fracture_al.worker.gate import GateRule, quality_gate
-from fracture_al.worker.outages import REDIS_TROUBLE
 from fracture_al.worker.queues import (
     RANK_QUEUE,
     REFRESH_PREDICTIONS,

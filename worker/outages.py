@@ -13,13 +13,11 @@ import time
 from collections.abc import Callable
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Worker
 
-log = logging.getLogger(__name__)
+from fracture_al.worker.connection import REDIS_TROUBLE
 
-REDIS_TROUBLE = (RedisConnectionError, RedisTimeoutError)
+log = logging.getLogger(__name__)
 
 
 class OutageTolerantWorker(Worker):

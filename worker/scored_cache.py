@@ -17,7 +17,7 @@ import numpy as np
 from redis import Redis
 
 from fracture_al.detection.predictor import ImagePrediction
-from fracture_al.worker.outages import REDIS_TROUBLE
+from fracture_al.worker.connection import REDIS_TROUBLE
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from redis import Redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from fracture_al.worker.outages import REDIS_TROUBLE
+from fracture_al.worker.connection import REDIS_TROUBLE
 from fracture_al.worker.queues import get_queue
 
 PROGRESS_KEYS = ("stage", "epoch", "iteration", "loss", "lr", "model_version", "result", "reason")
@@ -22,14 +22,14 @@ def job_rows(prefix: str, connection: Redis, *, monitoring_interval: int, limit:
     rows = []
     for kind in ("training", "scoring"):
         queue = get_queue(prefix, kind, connection)
+        scheduled = ScheduledJobRegistry(queue=queue)
         by_state = {
             "running": StartedJobRegistry(queue=queue).get_job_ids(),
             "queued": queue.get_job_ids(),
-            "scheduled": ScheduledJobRegistry(queue=queue).get_job_ids(),
+            "scheduled": scheduled.get_job_ids(),
             "failed": FailedJobRegistry(queue=queue).get_job_ids(),
             "finished": FinishedJobRegistry(queue=queue).get_job_ids(),
         }
-        scheduled = ScheduledJobRegistry(queue=queue)
         for state, ids in by_state.items():
             for job in Job.fetch_many(ids[-limit:], connection=connection):
                 if job is None:

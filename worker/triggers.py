@@ -16,15 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from fracture_al.worker.connection import REDIS_TROUBLE
 from fracture_al.worker.queues import QueueConfig, RetrainScheduler
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED"}
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 # A webhook answers within a few seconds whatever Redis does: past this, the event is spooled.
 WEBHOOK_REDIS_TIMEOUT_SECONDS = 2.0
 
@@ -129,7 +127,7 @@ class RetrainTrigger:
             try:
                 self.spool.replay(self._handle)
                 return self._handle(kept)
-            except REDIS_DOWN as error:
+            except REDIS_TROUBLE as error:
                 self._connection = None
                 path = self.spool.put(kept)
                 log.warning("Redis unreachable (%s): %s kept in %s for retry", type(error).__name__, action, path)
@@ -140,7 +138,7 @@ class RetrainTrigger:
         with self._lock:
             try:
                 return self.spool.replay(self._handle)
-            except REDIS_DOWN:
+            except REDIS_TROUBLE:
                 self._connection = None
                 return 0
 
