@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     queue_aggregation: Aggregation = "max"
     queue_strategy: Strategy = "k_center"
     queue_batch_size: int = 20  # how many X-rays at the top are spread over embedding space
+    # The share of every batch drawn at random from the unlabelled pool (sampling/control_arm.py):
+    # the control `fracture-al report` compares the queue with. 0 turns the measure off.
+    queue_random_share: float = Field(default=0.1, ge=0.0, le=1.0)
     # A worker's heartbeat while a job runs, and how often workers look for jobs whose worker died
     # (its heartbeat expired: RQ retries them) and take over a dead worker's scheduler lock.
     worker_job_monitoring_interval: int = 10
@@ -121,6 +124,11 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where `fracture-al report` and each retrain leave a project's queue report and plots."""
+        return self.home / "reports"
 
     @property
     def datasets_dir(self) -> Path:
@@ -153,7 +161,8 @@ class Settings(BaseSettings):
     def queue_ranking(self, **overrides: Any) -> dict[str, Any]:
         """How the review queue is ranked (sampling/queue.py's options), with any given override."""
         options = {"uncertainty": self.queue_uncertainty, "aggregation": self.queue_aggregation,
-                   "strategy": self.queue_strategy, "batch_size": self.queue_batch_size, "seed": self.seed}  # fmt: skip
+                   "strategy": self.queue_strategy, "batch_size": self.queue_batch_size,
+                   "random_share": self.queue_random_share, "seed": self.seed}  # fmt: skip
         return {**options, **{key: value for key, value in overrides.items() if value is not None}}
 
     def child_environment(self, **extra: str) -> dict[str, str]:

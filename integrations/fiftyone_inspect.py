@@ -19,13 +19,15 @@ import numpy as np
 
 from fracture_al.detection.coco import xyxy_to_xywh
 from fracture_al.detection.predictor import ImagePrediction
-from fracture_al.integrations.task_fields import SPLIT_FIELD
+from fracture_al.integrations.task_fields import REVIEW_ARM_FIELD, REVIEW_RANK_FIELD, SPLIT_FIELD
 
 log = logging.getLogger(__name__)
 
 GROUND_TRUTH = "ground_truth"
 PREDICTIONS = "predictions"
 EVAL_KEY = "eval"
+# Queue fields copied onto each sample, so the app can sort by rank or filter the random arm.
+REVIEW_FIELDS = (REVIEW_RANK_FIELD, REVIEW_ARM_FIELD)
 VIEWS = ("likely-label-errors", "model-misses", "false-alarms", "near-duplicates")
 
 
@@ -274,7 +276,7 @@ def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, ta
             truth = [(class_of_label[label], box) for label, box in annotation_boxes(annotation, target, width, height)
                      if label in class_of_label]  # fmt: skip
         fields = {"task_id": task.id, "split": data.get(SPLIT_FIELD, "train" if truth is not None else "unlabelled")}
-        fields.update({k: v for k, v in data.items() if k.startswith("dicom_") or k == "review_rank"})
+        fields.update({k: v for k, v in data.items() if k.startswith("dicom_") or k in REVIEW_FIELDS})
         images.append(LabelledImage(path, width, height, truth, fields))
     return images
 

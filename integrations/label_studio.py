@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,13 @@ from fracture_al.detection.images import ImageLoadError, load_image
 from fracture_al.integrations.image_source import ImageFetchError
 from fracture_al.integrations.label_config import RectangleTarget
 from fracture_al.integrations.regions import percent_to_box
+from fracture_al.integrations.task_fields import (
+    REVIEW_ARM_FIELD,
+    REVIEW_MODEL_VERSION_FIELD,
+    REVIEW_RANK_FIELD,
+    REVIEW_REQUEST_FIELD,
+    REVIEW_UNCERTAINTY_FIELD,
+)
 from fracture_al.sampling.queue import QueueEntry
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,17 @@ def export_annotated_tasks(client: LabelStudio, project_id: int) -> list[dict[st
     """Every task with at least one annotation, in Label Studio's JSON export format."""
     chunks = client.projects.exports.download_sync(project_id, export_type="JSON", download_all_tasks=False)
     return json.loads(b"".join(chunks))
+
+
+def predictions_by_task(client: LabelStudio, project_id: int) -> dict[int, list[dict[str, Any]]]:
+    """``{task id: [{"model_version", "result"}, ...]}`` for the whole project, in one paged listing
+    (the JSON export lists only the predictions' ids)."""
+    shown: dict[int, list[dict[str, Any]]] = {}
+    for prediction in client.predictions.list(project=project_id):
+        shown.setdefault(prediction.task, []).append(
+            {"model_version": prediction.model_version, "result": prediction.result or []}
+        )
+    return shown
 
 
 def unlabelled_task_ids(client: LabelStudio, project_id: int) -> list[int]:
@@ -185,10 +204,6 @@ def _field(item: Any, name: str) -> Any:
     return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
 
 
-REVIEW_RANK_FIELD = "review_rank"
-REVIEW_UNCERTAINTY_FIELD = "review_uncertainty"
-
-
 def write_review_queue(client: LabelStudio, project_id: int, model_version: str, entries: list[QueueEntry]) -> int:
     """Write each entry's place in the queue onto its task, where annotators see and sort by it.
 
@@ -197,7 +212,8 @@ def write_review_queue(client: LabelStudio, project_id: int, model_version: str,
     and is empty for a project without a model version. So ``model_version`` becomes the project's
     model version, and every prediction on the task gets the entry's queue score: the column then
     sorts the tasks in queue order whichever version it counts. The task's data gets the rank and
-    the uncertainty as columns of their own."""
+    the uncertainty as columns of their own, and the arm that placed it and the model version whose
+    prediction annotators will see, for `fracture-al report`."""
     client.projects.update(id=project_id, model_version=model_version)
     predictions_of: dict[int, list[int]] = {}
     for prediction in client.predictions.list(project=project_id):
@@ -209,7 +225,8 @@ def write_review_queue(client: LabelStudio, project_id: int, model_version: str,
             continue  # deleted since it was scored
         for prediction_id in predictions_of.get(entry.task_id, []):
             client.predictions.update(id=prediction_id, score=entry.queue_score)
-        ranked = {REVIEW_RANK_FIELD: entry.rank, REVIEW_UNCERTAINTY_FIELD: round(entry.uncertainty, 6)}
+        ranked = {REVIEW_RANK_FIELD: entry.rank, REVIEW_UNCERTAINTY_FIELD: round(entry.uncertainty, 6),
+                  REVIEW_ARM_FIELD: entry.arm, REVIEW_MODEL_VERSION_FIELD: model_version}  # fmt: skip
         client.tasks.update(id=str(entry.task_id), data={**data_of[entry.task_id], **ranked})
         written += 1
     return written
@@ -224,7 +241,6 @@ def write_task_fields(client: LabelStudio, values: dict[int, dict[str, Any]]) ->
 
 
 REVIEW_VIEW_TITLE = "Review queue"
-REVIEW_REQUEST_FIELD = "review_request"
 
 
 def ensure_review_queue_view(client: LabelStudio, project_id: int) -> int:
@@ -255,3 +271,18 @@ def ensure_view(client: LabelStudio, project_id: int, title: str, *, ordering: l
             client.views.update(id=str(view.id), project=project_id, data={**view.data, **data})
             return view.id
     return client.views.create(project=project_id, data=data).id
+
+
+REPORT_START = "--- fracture-al ---"
+REPORT_END = "--- end of fracture-al ---"
+
+
+def write_project_summary(client: LabelStudio, project_id: int, text: str) -> str:
+    """Put ``text`` in the project's description between two marker lines, replacing the previous
+    summary and keeping whatever people wrote around it. Returns the new description."""
+    description = client.projects.get(id=project_id).description or ""
+    section = re.compile(rf"\s*{re.escape(REPORT_START)}.*?{re.escape(REPORT_END)}\s*", re.DOTALL)
+    kept = section.sub("\n\n", description).strip()
+    updated = "\n\n".join(part for part in (kept, f"{REPORT_START}\n{text.strip()}\n{REPORT_END}") if part)
+    client.projects.update(id=project_id, description=updated)
+    return updated

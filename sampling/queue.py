@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fracture_al.sampling.choices import Aggregation, Strategy, Uncertainty
+from fracture_al.sampling.control_arm import QUEUE_ARM, interleave_random_arm
 from fracture_al.sampling.diversity import review_order
 from fracture_al.sampling.uncertainty import image_uncertainty
 
@@ -43,6 +44,7 @@ class QueueEntry:
     # ascending sort (least sure first, Label Studio's uncertainty-sampling convention) walks the
     # queue even where diversity has reordered the most uncertain X-rays.
     queue_score: float
+    arm: str = QUEUE_ARM  # which arm put the task here (sampling/control_arm.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,11 +73,13 @@ def rank_tasks(
     aggregation: Aggregation = "max",
     strategy: Strategy = "k_center",
     batch_size: int = 20,
+    random_share: float = 0.0,
     seed: int = 0,
 ) -> list[QueueEntry]:
     """Every task in queue order: a diverse batch of the ``batch_size`` most useful X-rays first
-    (``strategy``), then the rest by decreasing uncertainty. Ties go to the lower task id, so the
-    same signals always give the same queue."""
+    (``strategy``), then the rest by decreasing uncertainty, with ``random_share`` of the places of
+    every batch given to X-rays drawn at random (the control arm). Ties go to the lower task id, so
+    the same signals always give the same queue."""
     ordered = sorted(signals, key=lambda s: s.task_id)
     if not ordered:
         return []
@@ -84,12 +88,14 @@ def rank_tasks(
     if strategy != "uncertainty" and all(s.embedding is not None for s in ordered):
         embeddings = np.array([s.embedding for s in ordered], dtype=float)
     order = review_order(scores, embeddings, top_k=batch_size, strategy=strategy, seed=seed)
+    placed = interleave_random_arm([int(index) for index in order], random_share, batch_size, seed)
     return [
         QueueEntry(
             task_id=ordered[index].task_id,
             rank=position + 1,
             uncertainty=float(scores[index]),
-            queue_score=position / len(order),
+            queue_score=position / len(placed),
+            arm=arm,
         )
-        for position, index in enumerate(order)
+        for position, (index, arm) in enumerate(placed)
     ]

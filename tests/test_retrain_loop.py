@@ -25,8 +25,10 @@ from werkzeug.serving import make_server
 from fracture_al.backend.app import create_app
 from fracture_al.detection.store import ModelStore
 from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
+from fracture_al.integrations.label_studio import write_project_summary
 from fracture_al.integrations.label_studio_server import LabelStudioServer
 from fracture_al.settings import Settings
+from fracture_al.worker.project_report import summary_text
 from fracture_al.worker.run_folders import prune_ended_runs
 from fracture_al.worker.validation import held_out_draw, new_assignments
 
@@ -163,6 +165,9 @@ def test_annotations_retrain_publish_and_refresh_predictions(
         assert sorted(r["image_id"] for r in provenance["trained_on"]) == [t.id for t in tasks[:4]]
         assert [r["image_id"] for r in provenance["validated_on"]] == [tasks[4].id]
         assert all(len(r["sha256"]) == 64 and r["annotation_id"] for r in provenance["trained_on"])
+        # The retrain left the queue's report in the project, where the team looks.
+        assert "Review queue: not measured yet" in client.projects.get(id=project_id).description
+        assert (home / "reports" / f"project-{project_id}" / "report.json").is_file()
 
         unlabelled = tasks[5:]
         reply = requests.post(
@@ -284,6 +289,62 @@ def test_review_queue_written_to_label_studio_is_the_queue_the_cli_prints(
     assert sorted(e["task_id"] for e in plain["entries"]) == sorted(queued)
 
 
+FAR_BOX = {"x": 1, "y": 1, "width": 3, "height": 3, "rotation": 0, "rectanglelabels": ["Fracture"]}
+
+
+def test_random_arm_is_written_and_the_report_counts_what_annotators_changed(
+    label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker
+) -> None:
+    """Half of every batch of 4 goes to the random arm; annotators then accept the model's boxes on
+    the random arm's X-rays and add a fracture it missed on the queue's: the report must count
+    exactly that, by arm, with the lead times they took."""
+    env = loop_environment(home, redis_url, queue_prefix, label_studio, FRACTURE_AL_QUEUE_BATCH_SIZE="4",
+                           FRACTURE_AL_QUEUE_RANDOM_SHARE="0.5")  # fmt: skip
+    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    project_id, tasks = make_project(client, label_studio, sample_dir, "arms")
+    client.projects.update(id=project_id, description="Wrist films from ward 3.")
+    assert cli(env, "queue", "--project", str(project_id), "--refresh").returncode == 0
+    start_worker(env, "--burst").wait(timeout=300)
+
+    queue = json.loads(cli(env, "queue", "--project", str(project_id), "--json", "--top", "0").stdout)
+    arms = [entry["arm"] for entry in queue["entries"]]
+    assert arms[:4].count("random") == 2 and arms[4:].count("random") == 2  # 8 tasks: two batches of 4
+    written = {task.id: client.tasks.get(id=task.id).data for task in tasks}
+    assert {e["task_id"]: e["arm"] for e in queue["entries"]} == {i: d["review_arm"] for i, d in written.items()}
+    assert {d["review_model_version"] for d in written.values()} == {"v0001"}
+
+    for entry in queue["entries"]:
+        [shown] = [p for p in client.predictions.list(task=entry["task_id"]) if p.model_version == "v0001"]
+        result = [{k: region[k] for k in ("from_name", "to_name", "type", "value", "original_width",
+                                          "original_height")} for region in shown.result]  # fmt: skip
+        if entry["arm"] == "queue":  # the model missed a fracture (far from any box it drew)
+            result.append({"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": FAR_BOX})
+        client.annotations.create(id=entry["task_id"], result=result, was_cancelled=False,
+                                  lead_time=30.0 if entry["arm"] == "queue" else 10.0)  # fmt: skip
+
+    printed = cli(env, "report", "--project", str(project_id), "--json")
+    assert printed.returncode == 0, printed.stderr
+    report = json.loads(printed.stdout)
+    assert report["placed_by_queue"] == 8
+    queue_arm, random_arm = report["arms"]["queue"], report["arms"]["random"]
+    assert (queue_arm["labelled"], queue_arm["mistakes"], queue_arm["missed"]) == (4, 4, 4)
+    assert (random_arm["labelled"], random_arm["mistakes"]) == (4, 0)
+    assert queue_arm["false"] == queue_arm["moved"] == random_arm["missed"] == 0
+    assert queue_arm["lead_time_seconds"]["value"] == pytest.approx(30.0)
+    assert random_arm["lead_time_seconds"]["value"] == pytest.approx(10.0)
+    assert report["mistake_ratio"]["ratio"] > 1 and "queue" in report["verdict"]
+    assert all(Path(file).is_file() for file in report["files"])
+    assert (home / "reports" / f"project-{project_id}" / "queue_report.png").is_file()
+
+    # The summary goes into the project's description, twice over without repeating itself, and
+    # what the team wrote there stays.
+    for _ in range(2):
+        write_project_summary(client, project_id, summary_text(report))
+    description = client.projects.get(id=project_id).description
+    assert description.startswith("Wrist films from ward 3.") and description.count("Review queue:") == 1
+    assert report["verdict"] in description
+
+
 def test_a_project_without_validation_tasks_gets_a_frozen_set_and_no_ungated_model(
     label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker
 ) -> None:
@@ -317,6 +378,7 @@ def test_a_project_without_validation_tasks_gets_a_frozen_set_and_no_ungated_mod
                                                                                if s == "val")  # fmt: skip
     row = job_state(env, job_id)
     assert row["state"] == "finished" and "validation set too small" in row["progress"]
+    assert "Latest retrain" in client.projects.get(id=project_id).description  # a kept candidate is reported too
     assert (home / "runs").is_dir() and not (home / "runs" / job_id).exists()  # the ended job's folder is gone
 
     # The next retrain keeps every task where it was, even with another share.

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+from label_studio_sdk.core.api_error import ApiError
 from rq import get_current_job
 from rq.job import Dependency, Job
 
@@ -22,16 +24,17 @@ from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.provenance import PROVENANCE_FILE, exported_records
 from fracture_al.detection.shipped_model import open_store, verify_version
-from fracture_al.detection.store import load_model, write_json
+from fracture_al.detection.store import ModelStore, load_model, write_json
 from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.detection.versioning import data_sources, staged_outcome
 from fracture_al.integrations import label_studio
 from fracture_al.integrations.image_source import ImageSource, LabelStudioConnection
-from fracture_al.integrations.label_config import rectangle_target
+from fracture_al.integrations.label_config import RectangleTarget, rectangle_target
 from fracture_al.integrations.task_predictions import TaskPredictor
 from fracture_al.settings import Settings
 from fracture_al.worker.connection import REDIS_TROUBLE
 from fracture_al.worker.gate import GateRule, quality_gate
+from fracture_al.worker.project_report import project_report, save_report, summary_text
 from fracture_al.worker.queues import (
     RANK_QUEUE,
     REFRESH_PREDICTIONS,
@@ -171,11 +174,14 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
             "validated_on": exported_records(validation) if validation is not None else [],
             "validation_assigned": assigned, "gate": decision.to_dict(),
         })  # fmt: skip
-        if not decision.passed:
+        if decision.passed:
+            version = store.publish(staged)
+        else:
             kept = store.reject(staged, decision.to_dict())
-            progress.update(stage="done", result="kept, not served", reason=decision.reason, force=True)
-            return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept)}
-        version = store.publish(staged)
+    verdict = _report_to_project(settings, client, project_id, tasks, target, store)
+    if not decision.passed:
+        progress.update(stage="done", result="kept, not served", reason=decision.reason, force=True)
+        return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept), "queue_verdict": verdict}
 
     scoring = enqueue_job(QueueConfig(**settings.queueing), "scoring", job.connection, REFRESH_PREDICTIONS, project_id,
                           version.name) if job is not None else None  # fmt: skip
@@ -187,6 +193,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
         "train_images": dataset.counts.get("train", 0),
         "skipped_tasks": dataset.skipped,
         "scoring_job": scoring.id if scoring is not None else None,
+        "queue_verdict": verdict,
     }
 
 
@@ -257,6 +264,22 @@ def rank_queue(project_id: int, model_version: str) -> dict[str, Any]:
                                     "entries": [entry.to_dict() for entry in entries]})  # fmt: skip
     return {"ranked": len(entries), "written": written, "unscored": len(unlabelled) - len(entries),
             "view": view_id, **options}  # fmt: skip
+
+
+def _report_to_project(settings: Settings, client, project_id: int, tasks: list[dict[str, Any]],
+                       target: RectangleTarget, store: ModelStore) -> str | None:  # fmt: skip
+    """The queue report under the home's reports/ and, in short, in the project's description.
+    Label Studio failing meanwhile is logged, not raised: the model was already published or kept."""
+    try:
+        predictions = label_studio.predictions_by_task(client, project_id)
+        report = project_report(tasks, predictions, target, store, project_id, settings.seed)
+        save_report(report, settings.reports_dir / f"project-{project_id}")
+        label_studio.write_project_summary(client, project_id, summary_text(report))
+    except (ApiError, httpx.HTTPError) as error:
+        log.warning("queue report of project %s not written: Label Studio failed (%s)", project_id,
+                    type(error).__name__)  # fmt: skip
+        return None
+    return report["verdict"]
 
 
 def gate_rule(settings: Settings) -> GateRule:

@@ -2,7 +2,7 @@
 
 ``base`` holds the group and what every area shares; each other module registers its commands:
 ``models`` (train, evaluate, predict, models), ``services`` (serve, up, worker), ``jobs``
-(retrain, jobs, queue), ``imports`` (import ...), ``inspection`` (inspect, app, send-back).
+(retrain, jobs, queue, report), ``imports`` (import ...), ``inspection`` (inspect, app, send-back).
 """
 
 from fracture_al.cli import imports, inspection, jobs, models, services  # noqa: F401 (they register commands)

@@ -1,5 +1,5 @@
 """The queues, from the command line: ``retrain`` (queue one now), ``jobs`` (what the workers do
-and did) and ``queue`` (a project's review queue)."""
+and did), ``queue`` (a project's review queue) and ``report`` (whether that queue is working)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ import json
 import click
 from rich.table import Table
 
-from fracture_al.cli.base import CliError, console, main, redis_connection, resolve_version, settings_of
+from fracture_al.cli.base import (
+    CliError,
+    console,
+    fmt,
+    label_studio_client,
+    main,
+    model_store,
+    redis_connection,
+    resolve_version,
+    settings_of,
+)
 
 
 @main.command()
@@ -98,8 +108,49 @@ def queue(
         return
     title = f"review queue of project {project_id} ({ranking['model_version']}, {options['uncertainty']}, " \
             f"{options['strategy']}): {len(entries)} unlabelled X-rays"  # fmt: skip
-    table = Table("rank", "task", "uncertainty", "prediction score", title=title)
+    table = Table("rank", "task", "uncertainty", "prediction score", "arm", title=title)
     for entry in shown:
         table.add_row(str(entry["rank"]), str(entry["task_id"]), f"{entry['uncertainty']:.4f}",
-                      f"{entry['queue_score']:.4f}")  # fmt: skip
+                      f"{entry['queue_score']:.4f}", entry.get("arm", "queue"))  # fmt: skip
     console.print(table)
+
+
+@main.command()
+@click.option("--project", "project_id", type=int, required=True, help="Label Studio project id.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def report(context: click.Context, project_id: int, as_json: bool) -> None:
+    """Is the review queue working on PROJECT? Its learning curve, and how often labelling the
+    queue's X-rays corrected the model, against X-rays drawn at random (the control arm).
+
+    Writes report.json and queue_report.png under $FRACTURE_AL_HOME/reports/project-N."""
+    from fracture_al.detection.model import ModelConfig
+    from fracture_al.integrations.label_config import rectangle_target
+    from fracture_al.integrations.label_studio import export_annotated_tasks, predictions_by_task
+    from fracture_al.worker.project_report import project_report, save_report
+
+    settings = settings_of(context)
+    client, store = label_studio_client(settings), model_store(settings)
+    class_names = store.current().model_config.class_names if store.current_name() else ModelConfig().class_names
+    target = rectangle_target(client.projects.get(id=project_id).label_config, tuple(class_names))
+    tasks, predictions = export_annotated_tasks(client, project_id), predictions_by_task(client, project_id)
+    built = project_report(tasks, predictions, target, store, project_id, settings.seed)
+    files = save_report(built, settings.reports_dir / f"project-{project_id}")
+    if as_json:
+        click.echo(json.dumps({**built, "files": [str(f) for f in files]}, indent=2))
+        return
+    arms = Table("arm", "labelled", "model corrected", "rate (95%)", "missed", "false", "moved", "seconds/task",
+                 title=f"review queue of project {project_id}")  # fmt: skip
+    for arm, row in built["arms"].items():
+        rate = f"{fmt(row['rate'])} ({fmt(row['low'])}-{fmt(row['high'])})" if row["rate"] is not None else "-"
+        arms.add_row(arm, str(row["labelled"]), str(row["mistakes"]), rate, str(row["missed"]), str(row["false"]),
+                     str(row["moved"]), fmt(row["lead_time_seconds"]["value"]))  # fmt: skip
+    console.print(arms)
+    curve = Table("version", "status", "labels", "val mAP@50", "val sensitivity", "val X-rays", title="learning curve")
+    for point in built["learning_curve"]:
+        curve.add_row(point["version"], point["status"], str(point["labels"]), fmt(point.get("mAP50")),
+                      fmt(point.get("sensitivity")), str(point.get("validation_images")))  # fmt: skip
+    console.print(curve)
+    console.print(built["verdict"])
+    for file in files:
+        console.print(f"wrote {file}")
