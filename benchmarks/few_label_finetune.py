@@ -12,9 +12,12 @@ fine-tuning recipe, and every model is tested on the hand X-rays of val + test. 
 Each run's target-set predictions are saved, so paired bootstrap intervals can be computed
 afterwards (``--report``).
 
-    python benchmarks/few_label_finetune.py --stage source --epochs 20
-    for n in 25 50 100 200; do python benchmarks/few_label_finetune.py --stage finetune --size $n & done; wait
-    python benchmarks/few_label_finetune.py --report
+    python -m benchmarks.few_label_finetune --stage source --epochs 20             # GPU
+    for n in 25 50 100 200; do python -m benchmarks.few_label_finetune --stage finetune --size $n & done; wait
+    python -m benchmarks.few_label_finetune --report
+
+On the 2-core CPU: ``--recipe cpu --epochs 6`` for both stages, one run at a time. Every stage
+resumes: a killed training continues from its checkpoint, finished runs are skipped.
 """
 
 from __future__ import annotations
@@ -40,36 +43,40 @@ FINE_TUNE_RECIPES = ("plain", "few_label", "low_lr", "frozen")
 SIZES = (25, 50, 100, 200)
 
 
-def source_train_config(epochs: int) -> TrainConfig:
-    return replace(TrainConfig(), **{**recipe("gpu").train, "epochs": epochs, "select_on": "mAP50"})
+def source_train_config(recipe_name: str, epochs: int) -> TrainConfig:
+    """The named recipe's training settings for ``epochs`` epochs, with no time budget (a killed
+    run resumes from its checkpoint, so the budget is the epochs)."""
+    train = {**recipe(recipe_name).train, "epochs": epochs, "select_on": "mAP50", "time_budget_minutes": None}
+    return replace(TrainConfig(), **train)
 
 
-def train_source(out: Path, data: Path, epochs: int, device: torch.device) -> dict[str, Any]:
+def train_source(out: Path, data: Path, recipe_name: str, epochs: int, device: torch.device) -> dict[str, Any]:
     parts = domain_shift(data)
     folder = write_dataset(out / "source", data / "images", parts["source"], parts["source_val"], parts["target"])
     splits = load_splits(folder)
-    model_config, _ = recipe("gpu").configs(splits["train"].coco)
-    train_config = source_train_config(epochs)
+    model_config, _ = recipe(recipe_name).configs(splits["train"].coco)
+    train_config = source_train_config(recipe_name, epochs)
     outcome = fit(model_config, train_config, splits["train"], splits["val"], out / "runs" / "source",
-                  device=device, init=Initialisation(),
+                  device=device, init=Initialisation(), resume=True,
                   on_epoch=lambda s: print("source", json.dumps(s), flush=True))
     save_model(outcome.model, model_config, out / "source_model.pt")
     metrics, predictions = evaluate_split(outcome.model, splits["test"], train_config, device,
                                           flip_tta=model_config.flip_tta)
-    result = {"recipe": "source", "labelled": 0, "target": metrics, "selected_epoch": outcome.selected_epoch,
+    result = {"recipe": "source", "source_recipe": recipe_name, "labelled": 0, "target": metrics,
+              "selected_epoch": outcome.selected_epoch,
               "train_config": train_config.to_dict(), "predictions": compact(predictions)}
     (out / "source.json").write_text(json.dumps(result))
     return result
 
 
-def fine_tune(out: Path, data: Path, size: int, name: str, source_epochs: int, seed: int,
+def fine_tune(out: Path, data: Path, size: int, name: str, recipe_name: str, source_epochs: int, seed: int,
               device: torch.device) -> dict[str, Any]:
     parts = domain_shift(data)
     folder = write_dataset(out / f"pool-{size}", data / "images", labelled_subset(parts["pool"], size, seed),
                            None, parts["target"])
     splits = load_splits(folder)
     _, model_config = load_model(out / "source_model.pt")
-    base = replace(source_train_config(source_epochs), select_on=None, positive_fraction=None, seed=seed)
+    base = replace(source_train_config(recipe_name, source_epochs), select_on=None, positive_fraction=None, seed=seed)
     if name == "plain":
         train_config = base
     elif name == "low_lr":
@@ -79,7 +86,7 @@ def fine_tune(out: Path, data: Path, size: int, name: str, source_epochs: int, s
     if name == "frozen":
         model_config = replace(model_config, trainable_backbone_layers=2)
     outcome = fit(model_config, train_config, splits["train"], None, out / "runs" / f"{name}-{size}",
-                  device=device, init=Initialisation(model_file=out / "source_model.pt"))
+                  device=device, init=Initialisation(model_file=out / "source_model.pt"), resume=True)
     metrics, predictions = evaluate_split(outcome.model, splits["test"], train_config, device,
                                           flip_tta=model_config.flip_tta)
     result = {"recipe": name, "labelled": size, "target": metrics, "epochs": train_config.epochs,
@@ -118,6 +125,8 @@ def main() -> None:
     parser.add_argument("--stage", choices=["source", "finetune"])
     parser.add_argument("--size", type=int, action="append", help="Labelled hand X-rays (repeatable).")
     parser.add_argument("--recipes", nargs="+", default=list(FINE_TUNE_RECIPES), choices=FINE_TUNE_RECIPES)
+    parser.add_argument("--recipe", default="gpu", choices=["cpu", "gpu"],
+                        help="Source model's recipe (detection.recipes); plain fine-tuning repeats it.")
     parser.add_argument("--epochs", type=int, default=20, help="Source model's epochs (and plain fine-tuning's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -128,11 +137,14 @@ def main() -> None:
     if args.report:
         print(report(args.out, args.data))
     elif args.stage == "source":
-        train_source(args.out, args.data, args.epochs, device)
+        if (args.out / "source.json").exists():
+            raise SystemExit(f"the source model in {args.out} is trained; delete source.json to train it again")
+        train_source(args.out, args.data, args.recipe, args.epochs, device)
     elif args.stage == "finetune":
         for size in args.size or SIZES:
             for name in args.recipes:
-                fine_tune(args.out, args.data, size, name, args.epochs, args.seed, device)
+                if not (args.out / f"{name}-{size}.json").exists():  # finished runs are kept
+                    fine_tune(args.out, args.data, size, name, args.recipe, args.epochs, args.seed, device)
     else:
         parser.error("--stage or --report is required")
 
