@@ -21,7 +21,7 @@ from fracture_al.integrations.image_source import ImageFetchError, ImageSource, 
 from fracture_al.integrations.label_config import RectangleTarget, rectangle_target
 from fracture_al.integrations.regions import prediction_regions
 from fracture_al.sampling.queue import TaskSignals
-from fracture_al.sampling.uncertainty import localization_instability
+from fracture_al.sampling.uncertainty import cald_consistency, localization_instability
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +184,17 @@ def measure_signals(
     batch_size: int = 8,
 ) -> list[TaskSignals]:
     """What the review queue ranks each image by: its candidate box scores, its backbone embedding
-    and, ``with_tta``, its localisation instability (two more passes per image)."""
+    and, ``with_tta``, its localisation instability and CALD consistency (two more passes per image)."""
     embeddings = predictor.embed(images, batch_size=batch_size)
     instabilities: list[float | None] = [None] * len(images)
+    consistencies: list[float | None] = [None] * len(images)
     if with_tta:
         views = predictor.predict_augmented(images, batch_size=batch_size)
-        instabilities = [
-            localization_instability(p.boxes, p.scores, [(v.boxes, v.scores) for v in augmented])
-            for p, augmented in zip(predictions, views, strict=True)
-        ]
-    measured = zip(task_ids, predictions, instabilities, embeddings, strict=True)
+        pairs = [(p, [(v.boxes, v.scores) for v in augmented]) for p, augmented in zip(predictions, views, strict=True)]
+        instabilities = [localization_instability(p.boxes, p.scores, augmented) for p, augmented in pairs]
+        consistencies = [cald_consistency(p.boxes, p.scores, augmented) for p, augmented in pairs]
+    measured = zip(task_ids, predictions, instabilities, consistencies, embeddings, strict=True)
     return [
-        TaskSignals(task_id, [float(score) for score in prediction.scores], instability, vector.tolist())
-        for task_id, prediction, instability, vector in measured
+        TaskSignals(task_id, [float(s) for s in prediction.scores], instability, vector.tolist(), consistency)
+        for task_id, prediction, instability, consistency, vector in measured
     ]

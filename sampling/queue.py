@@ -26,6 +26,7 @@ class TaskSignals:
     box_scores: list[float]  # every candidate box the detector returned, before any display threshold
     instability: float | None  # localisation instability under TTA; None when TTA was off
     embedding: list[float] | None
+    consistency: float | None = None  # CALD's consistency under TTA (lower = label first); None when TTA was off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,19 +51,26 @@ class QueueEntry:
         return asdict(self)
 
 
+# The scores measured on test-time augmented views, by the TaskSignals field that holds them, and
+# how each becomes "higher = label first".
+AUGMENTED_SCORES = {"tta": ("instability", lambda value: value), "cald": ("consistency", lambda value: 1.0 - value)}
+
+
 def uncertainty_scores(
     signals: Sequence[TaskSignals], uncertainty: Uncertainty = "entropy", aggregation: Aggregation = "max"
 ) -> np.ndarray:
-    """One acquisition score per task: a box-score uncertainty aggregated over the X-ray, or its
-    localisation instability under test-time augmentation (``"tta"``)."""
-    if uncertainty == "tta":
-        missing = [s.task_id for s in signals if s.instability is None]
+    """One acquisition score per task, higher = label first: a box-score uncertainty aggregated over
+    the X-ray, or one measured under test-time augmentation: localisation instability (``"tta"``)
+    or CALD's consistency (``"cald"``, sampling/uncertainty.cald_consistency)."""
+    if uncertainty in AUGMENTED_SCORES:
+        field, to_score = AUGMENTED_SCORES[uncertainty]
+        missing = [s.task_id for s in signals if getattr(s, field) is None]
         if missing:
             raise ValueError(
                 f"{len(missing)} task(s) were scored without test-time augmentation (e.g. task {missing[0]}); "
                 "turn FRACTURE_AL_SCORE_WITH_TTA on and re-score, or choose another uncertainty"
             )
-        return np.array([s.instability for s in signals], dtype=float)
+        return np.array([to_score(getattr(s, field)) for s in signals], dtype=float)
     return np.array([image_uncertainty(np.array(s.box_scores), uncertainty, aggregation) for s in signals])
 
 

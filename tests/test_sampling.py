@@ -8,6 +8,7 @@ import pytest
 from fracture_al.sampling.diversity import k_center_greedy, select_batch
 from fracture_al.sampling.uncertainty import (
     binary_entropy,
+    cald_consistency,
     image_uncertainty,
     least_confidence,
     localization_instability,
@@ -97,10 +98,11 @@ def test_review_order_puts_the_diverse_batch_first_then_the_rest_by_uncertainty(
     assert random_order(5, seed=4) == random_order(5, seed=4) != random_order(5, seed=5)
 
 
-def _signals(task_id: int, scores: list[float], instability: float | None = None, embedding=None):
+def _signals(task_id: int, scores: list[float], instability: float | None = None, embedding=None,
+             consistency: float | None = None):  # fmt: skip
     from fracture_al.sampling.queue import TaskSignals
 
-    return TaskSignals(task_id, scores, instability, embedding)
+    return TaskSignals(task_id, scores, instability, embedding, consistency)
 
 
 def test_queue_puts_the_hesitant_x_ray_first_and_maps_rank_to_an_ascending_score() -> None:
@@ -145,3 +147,38 @@ def test_queue_by_tta_instability_and_its_clear_error_without_tta() -> None:
     assert [e.task_id for e in rank_tasks(signals, uncertainty="tta", strategy="uncertainty")] == [2, 1]
     with pytest.raises(ValueError, match="without test-time augmentation"):
         rank_tasks([_signals(1, [0.9])], uncertainty="tta")
+
+
+BOX = np.array([[10.0, 10.0, 50.0, 50.0]])
+
+
+def test_cald_prefers_a_faint_box_the_views_agree_on_to_a_confident_stable_one() -> None:
+    """CALD (arXiv 2103.10374): consistency IoU + (1 - JS)(p + q)/2 nearest beta = 1.3 is the most
+    informative. A confident box found again unchanged sits at 2 (|2 - 1.3| = 0.7), a faint stable
+    box at 1.15 (|1.15 - 1.3| = 0.15): the faint one is labelled first."""
+    confident = cald_consistency(BOX, [0.95], [(BOX, [0.95])])
+    faint = cald_consistency(BOX, [0.15], [(BOX, [0.15])])
+    assert confident == pytest.approx(0.65) and faint == pytest.approx(0.15)
+    # A box that moves and loses confidence under augmentation: IoU 1/3, p 0.6 vs q 0.3.
+    moved = cald_consistency(BOX, [0.6], [(BOX + np.array([20, 0, 20, 0]), [0.3])])
+    js = 0.5 * (0.6 * np.log(0.6 / 0.45) + 0.4 * np.log(0.4 / 0.55)) + 0.5 * (
+        0.3 * np.log(0.3 / 0.45) + 0.7 * np.log(0.7 / 0.55))  # fmt: skip
+    assert moved == pytest.approx(abs(1 / 3 + (1 - js) * 0.45 - 1.3))
+    # As in the authors' code: no reference box, or a view that finds nothing, scores 0 (first).
+    assert cald_consistency(BOX, [0.01], [(BOX, [0.9])]) == 0.0
+    assert cald_consistency(BOX, [0.9], [(np.zeros((0, 4)), np.zeros(0))]) == 0.0
+    # The view's box nearest beta decides: adding a confident stable box changes nothing.
+    two = np.vstack([BOX, BOX + 100])
+    assert cald_consistency(two, [0.15, 0.95], [(two, [0.15, 0.95])]) == pytest.approx(faint)
+
+
+def test_queue_by_cald_ranks_low_consistency_first() -> None:
+    from fracture_al.sampling.queue import rank_tasks
+
+    signals = [_signals(1, [0.95], consistency=0.65), _signals(2, [0.15], consistency=0.15),
+               _signals(3, [0.5], consistency=0.4)]  # fmt: skip
+    queue = rank_tasks(signals, uncertainty="cald", strategy="uncertainty")
+    assert [e.task_id for e in queue] == [2, 3, 1]
+    assert [e.uncertainty for e in queue] == pytest.approx([0.85, 0.6, 0.35])
+    with pytest.raises(ValueError, match="without test-time augmentation"):
+        rank_tasks([_signals(1, [0.9], instability=0.2)], uncertainty="cald")

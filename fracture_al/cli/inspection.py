@@ -46,6 +46,7 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
         label_studio_images,
     )
     from fracture_al.integrations.image_source import ImageSource
+    from fracture_al.sampling.queue import AUGMENTED_SCORES
 
     settings = settings_of(context)
     if (project_id is None) == (data_dir is None):
@@ -66,7 +67,8 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
         info = {"source": "label_studio", "project": project_id}
     if not images:
         raise CliError("no images to inspect")
-    uncertainty = settings.queue_uncertainty if settings.queue_uncertainty != "tta" else "entropy"
+    # FiftyOne shows a box-score uncertainty; the augmented-view scores need two more passes per image.
+    uncertainty = "entropy" if settings.queue_uncertainty in AUGMENTED_SCORES else settings.queue_uncertainty
     # FiftyOne and scikit-learn print progress to stdout: with --json it goes to stderr instead.
     with _stdout_to_stderr() if as_json else contextlib.nullcontext():
         samples = inspect_images(images, predictor, batch_size=settings.predict_batch_size, uncertainty=uncertainty)

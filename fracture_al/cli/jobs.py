@@ -4,6 +4,7 @@ and did), ``queue`` (a project's review queue) and ``report`` (whether that queu
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import click
 from rich.table import Table
@@ -19,6 +20,7 @@ from fracture_al.cli.base import (
     resolve_version,
     settings_of,
 )
+from fracture_al.sampling.choices import Strategy, Uncertainty
 
 
 @main.command()
@@ -56,9 +58,9 @@ def jobs(context: click.Context, limit: int, as_json: bool) -> None:
 
 @main.command()
 @click.option("--project", "project_id", type=int, required=True, help="Label Studio project id.")
-@click.option("--strategy", type=click.Choice(["uncertainty", "k_center", "kmeans_pp"]), default=None,
+@click.option("--strategy", type=click.Choice(get_args(Strategy)), default=None,
               help="Batch selection (FRACTURE_AL_QUEUE_STRATEGY).")  # fmt: skip
-@click.option("--uncertainty", type=click.Choice(["least_confidence", "entropy", "margin", "tta"]), default=None,
+@click.option("--uncertainty", type=click.Choice(get_args(Uncertainty)), default=None,
               help="Acquisition score (FRACTURE_AL_QUEUE_UNCERTAINTY).")  # fmt: skip
 @click.option("--batch-size", type=int, default=None, help="X-rays at the top spread over embedding space.")
 @click.option("--top", type=int, default=20, show_default=True, help="Rows shown (0 = all).")
