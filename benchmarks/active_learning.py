@@ -1,31 +1,41 @@
-"""Simulated active learning on FracAtlas: does the sampler beat random labelling?
+"""Does the review queue beat random labelling where real teams are: adapting a pretrained fracture
+model to their own X-rays?
 
-Per seed: a random initial labelled set and one model trained on it (round 0, shared by every
-strategy); then per strategy, each round ranks the unlabelled pool with the review queue's own
-code (``measure_signals`` + ``rank_tasks``, as the scoring jobs do), "labels" the first batch (its
-ground truth is revealed), trains on the labelled set (warm-started from the previous round, as the
-retraining loop does) and records test mAP@50. Also measured on every round's pool: which share of
-the model's image-level mistakes (a fractured X-ray scored below 0.5, or a healthy one at or above
-it) lands in the top 10% of the strategy's queue; random's expectation is 10%.
+The setting is the body-part domain shift of benchmarks/domain_shift.py: the source model is
+trained on FracAtlas train X-rays that show no hand (benchmarks/few_label_finetune.py --stage
+source; trained once, read from ``--source``), the unlabelled pool is the hand X-rays of train
+(563), the test set the hand X-rays of val + test (117). Round 0 is the source model itself, shared
+by every strategy and seed. Each round, a strategy ranks the unlabelled pool with the product's own
+code (``measure_signals`` + ``rank_tasks``, as the scoring jobs do), the first ``--batch`` X-rays
+are "labelled" (their ground truth revealed), and the model is retrained on all labels so far with
+the product's retrain recipe (warm start from the served model, i.e. the previous round's,
+``Settings`` retrain epochs and batch size), then tested. Recorded per round: target mAP@50 (with
+the predictions, for paired intervals), and the share of the model's image-level mistakes on the
+candidates (a fractured X-ray scored under 0.5, a healthy one at or over) that the queue puts in
+its top 10% (random: 10%).
 
-The full-data reference (all pool images labelled, same budget per round) gives the target: labels
-needed to reach 95% of its test mAP@50. Saves JSON and a learning-curve plot.
+Every round is saved as it ends; a rerun resumes where the last one stopped. ``--report`` makes the
+table (mean over seeds with t 95% intervals, paired difference to random per seed, labels needed
+to reach 95% of the full-pool model's mAP@50) and the learning-curve plot.
 
-Reduced setting for a 2-core CPU (48 min measured on an idle CPU; its result is in benchmarks/reported/):
-    python benchmarks/active_learning.py --pool 200 --initial 30 --batch 30 --rounds 3 --epochs 2 \\
-        --min-size 320 --test-limit 100 --strategies random entropy_k_center --seeds 0 1 2
-Full setting for a GPU:
-    python benchmarks/active_learning.py --pool 0 --initial 100 --batch 100 --rounds 8 --epochs 4 \\
-        --strategies random least_confidence entropy margin tta entropy_k_center --seeds 0 1 2
+On the 2-core CPU (``--candidates`` scores a fresh random subset of the pool each round, as Yoo and
+Kweon, "Learning Loss for Active Learning", CVPR 2019, do; round 0's scores are shared by a seed's strategies):
+    python -m benchmarks.active_learning --candidates 120 --batch 20 --rounds 6 --seeds 0 1 2
+Full setting on a GPU (all of the pool scored every round, 5 seeds):
+    python -m benchmarks.active_learning --candidates 0 --batch 25 --rounds 8 --seeds 0 1 2 3 4 \\
+        --strategies random entropy tta entropy_k_center cald
+    python -m benchmarks.active_learning --report
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import shutil
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -33,242 +43,335 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from scipy import stats
 
-from fracture_al.detection.data import CocoFile, CocoImage
+from benchmarks.domain_shift import domain_shift, subset, write_dataset
+from benchmarks.predictions import compact, expand
+from fracture_al.detection.data import CocoImage
 from fracture_al.detection.devices import choose_device
+from fracture_al.detection.evaluation import average_precision, match_detections
 from fracture_al.detection.images import load_image
-from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.predictor import Predictor
-from fracture_al.detection.store import save_model
-from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit
+from fracture_al.detection.store import load_model, save_model
+from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.integrations.task_predictions import measure_signals
 from fracture_al.sampling.choices import Strategy, Uncertainty
 from fracture_al.sampling.diversity import random_order
 from fracture_al.sampling.queue import TaskSignals, rank_tasks
+from fracture_al.settings import Settings
 
 # Each acquisition the review queue can be set to (uncertainty, batch strategy); None = random.
 ACQUISITIONS: dict[str, tuple[Uncertainty, Strategy] | None] = {
     "random": None,
-    "least_confidence": ("least_confidence", "uncertainty"),
     "entropy": ("entropy", "uncertainty"),
+    "least_confidence": ("least_confidence", "uncertainty"),
     "margin": ("margin", "uncertainty"),
     "tta": ("tta", "uncertainty"),
+    "cald": ("cald", "uncertainty"),
     "entropy_k_center": ("entropy", "k_center"),
-    "entropy_kmeans_pp": ("entropy", "kmeans_pp"),
 }
+IMAGE_THRESHOLD = 0.5
 
 
 @dataclass
-class Pool:
-    records: list[CocoImage]
-    image_dir: Path
-    source: CocoFile
+class Setting:
+    """The shift's data as the benchmark uses it: pool records by index, the target split."""
 
-    def subset(self, indices: list[int], folder: Path, name: str) -> DataSplit:
-        """A COCO file of the chosen pool images, for the trainer."""
-        chosen = [self.records[i] for i in indices]
-        ids = {record.image_id for record in chosen}
-        content = {
-            "images": [
-                {"id": r.image_id, "file_name": r.file_name, "width": r.width, "height": r.height} for r in chosen
-            ],
-            "annotations": [a for a in self.source.content["annotations"] if a["image_id"] in ids],
-            "categories": self.source.content["categories"],
-        }
-        path = folder / f"{name}.json"
-        path.write_text(json.dumps(content))
+    pool: list[CocoImage]
+    pool_coco: dict[str, Any]
+    image_dir: Path
+    target: DataSplit
+
+    def labelled_split(self, indices: list[int], folder: Path) -> DataSplit:
+        ids = {self.pool[i].image_id for i in indices}
+        chosen = subset(self.pool_coco, [image for image in self.pool_coco["images"] if image["id"] in ids])
+        path = folder / "labelled.json"
+        path.write_text(json.dumps(chosen))
         return DataSplit.load(path, self.image_dir)
 
 
-@dataclass
-class Round:
-    """One trained model of a run and what it measured on the test set and on the unlabelled pool."""
-
-    labelled: list[int]
-    model_file: Path
-    metrics: dict
-    unlabelled: list[int]
-    signals: list[TaskSignals]  # per unlabelled pool image, task id = pool index
-    mistakes: set[int]  # unlabelled pool indices the model gets wrong at image level
+def load_setting(data: Path, work: Path) -> Setting:
+    parts = domain_shift(data)
+    folder = write_dataset(work / "data", data / "images", parts["pool"], None, parts["target"])
+    splits = load_splits(folder)
+    return Setting(splits["train"].coco.images, parts["pool"], folder / "images", splits["test"])
 
 
-def train_round(labelled: list[int], init: Initialisation, folder: Path, pool: Pool, test: DataSplit,
-                args: argparse.Namespace, seed: int, device: torch.device, with_tta: bool) -> Round:  # fmt: skip
-    """Train on the labelled pool images (warm-started from ``init``), test, and score the rest."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model_config = model_config_for(args, test)
-    train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, workers=0, seed=seed)
-    outcome = fit(model_config, train_config, pool.subset(labelled, folder, "train"), None, folder,
-                  device=device, init=init)  # fmt: skip
-    metrics, _ = evaluate_split(outcome.model, test, train_config, device, description="test")
-    save_model(outcome.model, model_config, folder / "model.pt")
-    unlabelled = sorted(set(range(len(pool.records))) - set(labelled))
-    predictor = Predictor(outcome.model, model_config, device, folder.name)
-    images = [load_image(pool.image_dir / pool.records[i].file_name) for i in unlabelled]
+def retrain_config(seed: int) -> TrainConfig:
+    """The worker's retrain recipe (worker/jobs.py), from the product's default settings."""
+    settings = Settings()
+    return TrainConfig(epochs=settings.retrain_epochs, batch_size=settings.retrain_batch_size, workers=0, seed=seed)
+
+
+def score(model_file: Path, setting: Setting, indices: list[int], device: torch.device) -> dict[str, Any]:
+    """What the scoring jobs measure on these pool X-rays (with TTA), and the model's image-level
+    mistakes among them."""
+    model, config = load_model(model_file, device)
+    predictor = Predictor(model, config, device, model_file.parent.name)
+    images = [load_image(setting.image_dir / setting.pool[i].file_name) for i in indices]
     predictions = predictor.predict(images)
-    signals = measure_signals(unlabelled, predictor, images, predictions, with_tta=with_tta)
-    mistakes = {
-        index
-        for index, prediction in zip(unlabelled, predictions, strict=True)
-        if (prediction.image_score >= train_config.image_threshold) != bool(pool.records[index].boxes)
-    }
-    return Round(labelled, folder / "model.pt", metrics, unlabelled, signals, mistakes)
+    signals = measure_signals(indices, predictor, images, predictions, with_tta=True)
+    mistakes = [i for i, p in zip(indices, predictions, strict=True)
+                if (p.image_score >= IMAGE_THRESHOLD) != bool(setting.pool[i].boxes)]  # fmt: skip
+    return {"signals": [s.to_dict() for s in signals], "mistakes": mistakes}
 
 
-def queue_order(acquisition: str, round_: Round, batch: int, seed: int) -> list[int]:
-    """The unlabelled pool indices in the order the acquisition would have them labelled."""
+def queue_order(
+    acquisition: str, signals: list[TaskSignals], candidates: list[int], batch: int, seed: int
+) -> list[int]:
+    """The candidates in the order the acquisition would have them labelled."""
     if ACQUISITIONS[acquisition] is None:
-        return [round_.unlabelled[i] for i in random_order(len(round_.unlabelled), seed)]
+        return [candidates[i] for i in random_order(len(candidates), seed)]
     uncertainty, strategy = ACQUISITIONS[acquisition]
-    queue = rank_tasks(round_.signals, uncertainty=uncertainty, strategy=strategy, batch_size=batch, seed=seed)
+    mine = [s for s in signals if s.task_id in set(candidates)]
+    queue = rank_tasks(mine, uncertainty=uncertainty, strategy=strategy, batch_size=batch, seed=seed)
     return [entry.task_id for entry in queue]
 
 
-def mistakes_in_top_decile(order: list[int], mistakes: set[int]) -> float | None:
-    """Share of the model's image-level mistakes among the first tenth of the queue (random: 0.1)."""
-    if not order or not mistakes:
+def mistakes_in_top_decile(order: list[int], mistakes: list[int], candidates: list[int]) -> float | None:
+    """Share of the model's image-level mistakes on the candidates that the first tenth of the queue
+    holds (random: 0.1)."""
+    wrong = set(mistakes) & set(candidates)
+    if not order or not wrong:
         return None
     top = set(order[: max(1, len(order) // 10)])
-    return len(mistakes & top) / len(mistakes)
+    return len(wrong & top) / len(wrong)
 
 
-def model_config_for(args: argparse.Namespace, test: DataSplit) -> ModelConfig:
-    return ModelConfig(min_size=args.min_size, max_size=int(args.min_size * 1.6), class_names=test.coco.class_names)
+def test_model(model_file: Path, setting: Setting, seed: int, device: torch.device) -> dict[str, Any]:
+    model, config = load_model(model_file, device)
+    metrics, predictions = evaluate_split(model, setting.target, retrain_config(seed), device, flip_tta=config.flip_tta,
+                                          description="target")  # fmt: skip
+    return {"target": metrics, "predictions": compact(predictions)}
 
 
-def run_seed(seed: int, pool: Pool, test: DataSplit, args: argparse.Namespace, device: torch.device,
-             work: Path) -> list[dict]:  # fmt: skip
-    """Every acquisition from the same random start: round 0 is trained once and shared."""
-    with_tta = "tta" in args.strategies
-    initial = [int(i) for i in np.random.default_rng(seed).choice(len(pool.records), size=args.initial, replace=False)]
-    first = train_round(initial, Initialisation(), work / f"s{seed}-r0", pool, test, args, seed, device, with_tta)
+def cached(path: Path, make) -> dict[str, Any]:
+    """``make()``'s JSON result, computed once: a rerun reads it back."""
+    if path.exists():
+        return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = make()
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result))
+    temporary.replace(path)  # a kill mid-write leaves no half result to resume from
+    return result
+
+
+def candidates_for(unlabelled: list[int], size: int, seed: int, round_number: int) -> list[int]:
+    if not size or size >= len(unlabelled):
+        return unlabelled
+    rng = np.random.default_rng(seed * 1000 + round_number)
+    return sorted(int(i) for i in rng.choice(unlabelled, size=size, replace=False))
+
+
+def run(acquisition: str, seed: int, setting: Setting, args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """One strategy from the source model, round by round; finished rounds are read back."""
+    source, everything = args.source, list(range(len(setting.pool)))
+    # Round 0 is the source model for every strategy: its scores of a seed's first candidates are shared.
+    first = candidates_for(everything, args.candidates, seed, 0)
+    shared = cached(args.out / "source" / f"pool_scores-s{seed}.json", lambda: score(source, setting, first, device))
+    tested = cached(args.out / "source" / "target.json", lambda: test_model(source, setting, seed, device))
+    labelled: list[int] = []
+    model_file, scores = source, shared
     rows = []
-    for acquisition in args.strategies:
-        current = first
-        for round_number in range(args.rounds + 1):
-            order = queue_order(acquisition, current, args.batch, seed * 100 + round_number)
-            row = {"strategy": acquisition, "seed": seed, "round": round_number, "labelled": len(current.labelled),
-                   "test_mAP50": current.metrics["mAP50"], "test_auroc": current.metrics["auroc"],
-                   "mistakes_in_top_10pct": mistakes_in_top_decile(order, current.mistakes)}  # fmt: skip
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if not order or round_number == args.rounds:
-                break
-            # The next batch is "labelled"; warm start from this round's model, as the retraining loop does.
-            current = train_round(current.labelled + order[: args.batch], Initialisation(model_file=current.model_file),
-                                  work / f"{acquisition}-s{seed}-r{round_number + 1}", pool, test, args, seed, device,
-                                  with_tta)  # fmt: skip
+    for round_number in range(args.rounds + 1):
+        unlabelled = sorted(set(range(len(setting.pool))) - set(labelled))
+        candidates = candidates_for(unlabelled, args.candidates, seed, round_number)
+        signals = [TaskSignals.from_dict(s) for s in scores["signals"]] if scores else []
+        order = queue_order(acquisition, signals, candidates, args.batch, seed * 100 + round_number)
+        rows.append({"strategy": acquisition, "seed": seed, "round": round_number, "labelled": len(labelled),
+                     "test_mAP50": tested["target"]["mAP50"], "test_auroc": tested["target"]["auroc"],
+                     "mistakes_in_top_10pct": mistakes_in_top_decile(order, scores["mistakes"], candidates)
+                     if scores else None,
+                     "predictions": tested["predictions"]})  # fmt: skip
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "predictions"}), flush=True)
+        if round_number == args.rounds or not order:
+            break
+        labelled = labelled + order[: args.batch]
+        folder = args.out / f"{acquisition}-s{seed}" / f"r{round_number + 1}"
+        previous = model_file
+        model_file = folder / "model.pt"
+        if not model_file.exists():
+            train(previous, labelled, setting, folder, seed, device)
+        tested = cached(folder / "target.json", lambda file=model_file: test_model(file, setting, seed, device))
+        last = round_number + 1 == args.rounds
+        scores = None
+        if not last and ACQUISITIONS[acquisition] is not None:
+            remaining = sorted(set(range(len(setting.pool))) - set(labelled))
+            upcoming = candidates_for(remaining, args.candidates, seed, round_number + 1)
+            scores = cached(folder / "pool_scores.json",
+                            lambda file=model_file, c=upcoming: score(file, setting, c, device))  # fmt: skip
     return rows
 
 
+def train(previous: Path, labelled: list[int], setting: Setting, folder: Path, seed: int, device: torch.device) -> None:
+    """The product's retrain: warm start from the served (previous round's) model, resumable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _, model_config = load_model(previous)
+    outcome = fit(model_config, retrain_config(seed), setting.labelled_split(labelled, folder), None, folder / "run",
+                  device=device, init=Initialisation(model_file=previous), resume=True)  # fmt: skip
+    temporary = folder / "model.pt.tmp"
+    save_model(outcome.model, model_config, temporary)
+    temporary.replace(folder / "model.pt")
+    shutil.rmtree(folder / "run")  # the checkpoint (optimizer state included) is not needed once the model is saved
+    (folder / "labelled.txt").write_text("\n".join(str(setting.pool[i].image_id) for i in labelled))
+
+
+def full_pool_reference(setting: Setting, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Every pool X-ray labelled, retrained once from the source model with the same recipe."""
+    folder = args.out / "full_pool"
+    if not (folder / "model.pt").exists():
+        train(args.source, list(range(len(setting.pool))), setting, folder, 0, device)
+    return cached(folder / "target.json", lambda: test_model(folder / "model.pt", setting, 0, device))
+
+
+# Report ------------------------------------------------------------------------------------------
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def load_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(out.glob("rows-*.jsonl")) for line in path.read_text().splitlines()]
+
+
 def labels_to_reach(rows: list[dict], target: float) -> int | None:
-    if target <= 0:
-        return None  # a reference model that finds nothing sets no target
     for row in sorted(rows, key=lambda r: r["labelled"]):
         if row["test_mAP50"] is not None and row["test_mAP50"] >= target:
             return row["labelled"]
     return None
 
 
-def curve(rows: list[dict], strategy: str, metric: str) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Labelled-set sizes and the metric's mean and sd over seeds, for one strategy."""
-    by_size: dict[int, list[float]] = {}
+def report(out: Path, target_coco) -> dict[str, Any]:
+    rows = load_rows(out)
+    if not rows:
+        raise SystemExit(f"no rounds in {out}: run the benchmark first")
+    full = json.loads((out / "full_pool" / "target.json").read_text()) if (out / "full_pool" / "target.json").exists() \
+        else None  # fmt: skip
+    reference = full["target"]["mAP50"] if full else None
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    table = []
+    for strategy in strategies:
+        for labelled in sorted({r["labelled"] for r in rows if r["strategy"] == strategy}):
+            mine = {r["seed"]: r for r in rows if r["strategy"] == strategy and r["labelled"] == labelled}
+            mean, low, high = t_interval([r["test_mAP50"] for r in mine.values()])
+            random_rows = {r["seed"]: r for r in rows if r["strategy"] == "random" and r["labelled"] == labelled}
+            versus = {seed: random_rows[seed] for seed in mine if seed in random_rows}
+            difference = (t_interval([mine[s]["test_mAP50"] - versus[s]["test_mAP50"] for s in versus])
+                          if versus and strategy != "random" else None)  # fmt: skip
+            deciles = [r["mistakes_in_top_10pct"] for r in mine.values() if r["mistakes_in_top_10pct"] is not None]
+            table.append({"strategy": strategy, "labelled": labelled, "seeds": sorted(mine), "mAP50": mean,
+                          "mAP50_low": low, "mAP50_high": high, "vs_random": difference,
+                          "mistakes_in_top_10pct": statistics.fmean(deciles) if deciles else None})  # fmt: skip
+    to_reach = {
+        strategy: [labels_to_reach([r for r in rows if r["strategy"] == strategy and r["seed"] == s], 0.95 * reference)
+                   for s in sorted({r["seed"] for r in rows if r["strategy"] == strategy})]
+        for strategy in strategies
+    } if reference else {}  # fmt: skip
+    pooled = paired_over_images(rows, target_coco)
+    summary = {"full_pool_mAP50": reference, "table": table, "labels_to_95pct_of_full_pool": to_reach,
+               "paired_over_images_vs_random": pooled}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(table, reference, out / "learning_curves.png")
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    def number(value: float | None, signed: bool = False) -> str:
+        return "-" if value is None else f"{value:+.3f}" if signed else f"{value:.3f}"
+
+    lines = ["| strategy | labelled | seeds | target mAP@50 (t 95%) | minus random (t 95% over seeds) | "
+             "mistakes in top 10% |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in summary["table"]:
+        versus = row["vs_random"]
+        lines.append(
+            f"| {row['strategy']} | {row['labelled']} | {len(row['seeds'])} | {number(row['mAP50'])} "
+            f"({number(row['mAP50_low'])} to {number(row['mAP50_high'])}) | "
+            + (f"{number(versus[0], True)} ({number(versus[1], True)} to {number(versus[2], True)})" if versus else "-")
+            + f" | {number(row['mistakes_in_top_10pct'])} |"
+        )
+    lines.append(f"\nfull-pool mAP@50: {number(summary['full_pool_mAP50'])}; labels to reach 95% of it per seed: "
+                 f"{summary['labels_to_95pct_of_full_pool']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def paired_over_images(rows: list[dict], target_coco) -> list[dict[str, Any]]:
+    """Per strategy, budget and seed: mAP@50 minus random's on the same target X-rays, with a paired
+    bootstrap interval over the X-rays (detection.bootstrap)."""
+    from fracture_al.detection.bootstrap import paired_difference
+
+    found = []
     for row in rows:
-        if row["strategy"] == strategy and row.get(metric) is not None:
-            by_size.setdefault(row["labelled"], []).append(row[metric])
-    sizes = sorted(by_size)
-    return sizes, np.array([np.mean(by_size[s]) for s in sizes]), np.array([np.std(by_size[s]) for s in sizes])
+        if row["strategy"] == "random" or not row["labelled"]:
+            continue
+        base = next((r for r in rows if r["strategy"] == "random" and r["seed"] == row["seed"]
+                     and r["labelled"] == row["labelled"]), None)  # fmt: skip
+        if base is None:
+            continue
+        d = paired_difference(match_detections(target_coco, expand(base["predictions"])),
+                              match_detections(target_coco, expand(row["predictions"])), average_precision)  # fmt: skip
+        found.append({"strategy": row["strategy"], "seed": row["seed"], "labelled": row["labelled"], **d.to_dict()})
+    return found
 
 
-def plot(rows: list[dict], reference: float, path: Path) -> None:
-    """Learning curves (test mAP@50) beside the share of mistakes each queue puts in its top 10%."""
+def plot(table: list[dict], reference: float | None, path: Path) -> None:
     figure, (learning, mistakes) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for strategy in dict.fromkeys(r["strategy"] for r in rows):
-        for axis, metric in ((learning, "test_mAP50"), (mistakes, "mistakes_in_top_10pct")):
-            sizes, means, spread = curve(rows, strategy, metric)
-            axis.plot(sizes, means, marker="o", label=strategy)
-            axis.fill_between(sizes, means - spread, means + spread, alpha=0.15)
-    learning.axhline(0.95 * reference, color="grey", linestyle="--", label="95% of full-data mAP@50")
-    learning.set_ylabel("test mAP@50 (mean ± sd over seeds)")
+    for strategy in dict.fromkeys(r["strategy"] for r in table):
+        mine = [r for r in table if r["strategy"] == strategy]
+        sizes = [r["labelled"] for r in mine]
+        learning.plot(sizes, [r["mAP50"] for r in mine], marker="o", label=strategy)
+        if all(r["mAP50_low"] is not None for r in mine):
+            learning.fill_between(sizes, [r["mAP50_low"] for r in mine], [r["mAP50_high"] for r in mine], alpha=0.15)
+        shares = [(r["labelled"], r["mistakes_in_top_10pct"]) for r in mine if r["mistakes_in_top_10pct"] is not None]
+        if shares:
+            mistakes.plot(*zip(*shares, strict=True), marker="o", label=strategy)
+    if reference:
+        learning.axhline(0.95 * reference, color="grey", linestyle="--", label="95% of full-pool mAP@50")
+    learning.set_ylabel("target (hand) test mAP@50, mean and t 95% over seeds")
     mistakes.axhline(0.1, color="grey", linestyle="--", label="expected at random")
     mistakes.set_ylabel("image-level mistakes in the queue's top 10%")
     for axis in (learning, mistakes):
-        axis.set_xlabel("labelled X-rays")
+        axis.set_xlabel("labelled hand X-rays")
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
-    parser.add_argument("--pool", type=int, default=300, help="train images used as the pool (0 = all)")
-    parser.add_argument("--initial", type=int, default=40)
-    parser.add_argument("--batch", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--min-size", type=int, default=384)
-    parser.add_argument("--test-limit", type=int, default=0, help="test images used (0 = all), a fixed random subset")
-    parser.add_argument(
-        "--strategies", nargs="+", default=["random", "entropy", "entropy_k_center"], choices=ACQUISITIONS
-    )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--source", type=Path, default=Path("benchmarks/results/few_label/source_model.pt"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/active_learning"))
+    parser.add_argument("--batch", type=int, default=20, help="X-rays labelled per round")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--candidates", type=int, default=120, help="pool X-rays scored per round (0 = all)")
+    parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "tta", "entropy_k_center", "cald"],
+                        choices=ACQUISITIONS)  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool reference model")
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-
-    device = choose_device("auto")
-    source = CocoFile(args.data / "train.json")
-    records = (
-        source.images if not args.pool else list(np.random.default_rng(1234).permutation(source.images))[: args.pool]
-    )
-    pool = Pool(list(records), args.data / "images", source)
-    work = args.out / time.strftime("run-%Y%m%d-%H%M%S")
-    work.mkdir(parents=True, exist_ok=True)
-    test_source = CocoFile(args.data / "test.json")
-    test_records = list(np.random.default_rng(4321).permutation(test_source.images))
-    test_pool = Pool(test_records[: args.test_limit or None], args.data / "images", test_source)
-    test = test_pool.subset(list(range(len(test_pool.records))), work, "test")
-
-    rows = []
-    for seed in args.seeds:
-        rows += run_seed(seed, pool, test, args, device, work)
-
-    # Full-data reference: every pool image labelled, trained for the same total number of rounds.
-    full_config = TrainConfig(epochs=args.epochs * (args.rounds + 1), batch_size=args.batch_size, workers=0)
-    everything = pool.subset(list(range(len(pool.records))), work, "full")
-    full = fit(model_config_for(args, test), full_config, everything, None, work / "full", device=device,
-               init=Initialisation())  # fmt: skip
-    reference = evaluate_split(full.model, test, TrainConfig(), device)[0]["mAP50"] or 0.0
-
-    summary = {}
-    for strategy in args.strategies:
-        mine = [r for r in rows if r["strategy"] == strategy]
-        deciles = [r["mistakes_in_top_10pct"] for r in mine if r.get("mistakes_in_top_10pct") is not None]
-        summary[strategy] = {
-            "labels_to_95pct_of_full": [labels_to_reach([r for r in mine if r["seed"] == s], 0.95 * reference)
-                                        for s in args.seeds],
-            "mean_final_mAP50": float(np.mean([r["test_mAP50"] or 0 for r in mine if r["round"] == args.rounds])),
-            "mean_mistakes_in_top_10pct": float(np.mean(deciles)) if deciles else None,
-        }  # fmt: skip
-    result = {
-        "device": str(device),
-        "settings": {key: str(value) for key, value in vars(args).items()},
-        "full_data_mAP50": reference,
-        "pool_size": len(pool.records),
-        "rounds": rows,
-        "summary": summary,
-    }
-    (work / "result.json").write_text(json.dumps(result, indent=2))
-    plot(rows, reference, work / "learning_curves.png")
-    print(f"full-data test mAP@50 {reference:.3f}")
-    print(f"{'strategy':<18} {'final mAP@50':>12} {'labels to 95%':>22} {'mistakes in top 10%':>20}")
-    for strategy, values in summary.items():
-        decile = values["mean_mistakes_in_top_10pct"]
-        print(f"{strategy:<18} {values['mean_final_mAP50']:>12.3f} {values['labels_to_95pct_of_full']!s:>22} "
-              f"{'-' if decile is None else f'{decile:.0%}':>20}")  # fmt: skip
-    print(f"saved {work / 'result.json'} and {work / 'learning_curves.png'}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = choose_device(args.device)
+    setting = load_setting(args.data, args.out)
+    if args.report:
+        summary = report(args.out, setting.target.coco)
+        print(markdown_table(summary))
+        return
+    if not args.source.exists():
+        raise SystemExit(f"no source model at {args.source}: run benchmarks.few_label_finetune --stage source first")
+    for seed in args.seeds:  # seed-major: a stopped run has every strategy at the same depth
+        for acquisition in args.strategies:
+            rows = run(acquisition, seed, setting, args, device)
+            (args.out / f"rows-{acquisition}-s{seed}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    if not args.no_full_pool:
+        full_pool_reference(setting, args, device)
 
 
 if __name__ == "__main__":
