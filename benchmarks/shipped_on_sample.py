@@ -22,6 +22,7 @@ from fracture_al.detection.data import CocoFile
 from fracture_al.detection.images import load_image
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.shipped_model import open_store
+from fracture_al.integrations.task_predictions import display_threshold
 from fracture_al.settings import SAMPLE_DIR, Settings
 
 MATCH_IOU = 0.3
@@ -29,12 +30,14 @@ MATCH_IOU = 0.3
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threshold", type=float, default=Settings().predict_score_threshold)
+    parser.add_argument("--threshold", type=float, default=Settings().predict_score_threshold,
+                        help="Default: the backend's, i.e. the shipped version's calibrated display threshold.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/shipped_on_sample.json"))
     args = parser.parse_args()
 
     version = open_store(Path(tempfile.mkdtemp()) / "models").current()
     predictor = Predictor.from_version(version, torch.device("cpu"))
+    args.threshold = display_threshold(args.threshold, predictor.operating_threshold)
     rows = []
     for split in ("val", "test"):
         coco = CocoFile(SAMPLE_DIR / f"{split}.json")

@@ -71,16 +71,18 @@ def bootstrap_interval(
 
 def paired_difference(
     a: Sequence[Item], b: Sequence[Item], statistic: Statistic, *, resamples: int = DEFAULT_RESAMPLES,
-    level: float = 0.95, seed: int = 0,
+    level: float = 0.95, seed: int = 0, statistic_b: Statistic | None = None,
 ) -> PairedDifference:
-    """``statistic(b) - statistic(a)``, where ``a[i]`` and ``b[i]`` are one X-ray under two models."""
+    """``statistic_b(b) - statistic(a)`` (``statistic_b`` defaults to ``statistic``), where ``a[i]``
+    and ``b[i]`` are one X-ray under two models (e.g. each at its own display threshold)."""
     if len(a) != len(b):
         raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
-    value_a, value_b = statistic(a), statistic(b)
+    statistic_b = statistic_b or statistic
+    value_a, value_b = statistic(a), statistic_b(b)
     value = None if value_a is None or value_b is None else value_b - value_a
     differences = []
     for row in resample_indices(len(a), resamples, seed) if len(a) else []:
-        draw_a, draw_b = statistic([a[i] for i in row]), statistic([b[i] for i in row])
+        draw_a, draw_b = statistic([a[i] for i in row]), statistic_b([b[i] for i in row])
         if draw_a is not None and draw_b is not None:
             differences.append(draw_b - draw_a)
     low, high = _percentiles(differences, level)

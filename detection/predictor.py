@@ -53,17 +53,25 @@ class ImagePrediction:
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module, config: ModelConfig, device: torch.device, version: str):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: ModelConfig,
+        device: torch.device,
+        version: str,
+        operating_threshold: float | None = None,
+    ):
         self.model = model.to(device).eval()
         self.config = config
         self.device = device
         self.version = version
+        self.operating_threshold = operating_threshold  # the version's own display threshold, if calibrated
 
     @classmethod
     def from_version(cls, version: ModelVersion, device: torch.device) -> Predictor:
         verify_version(version)
         model, config = load_model(version.weights_path, device)
-        return cls(model, config, device, version.name)
+        return cls(model, config, device, version.name, version.operating_threshold)
 
     @torch.inference_mode()
     def predict(self, images: Sequence[Image.Image], *, batch_size: int = 8) -> list[ImagePrediction]:

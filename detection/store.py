@@ -66,6 +66,12 @@ class ModelVersion:
         return self.read_json("metrics.json")
 
     @property
+    def operating_threshold(self) -> float | None:
+        """The box-score threshold calibrated on the version's validation X-rays
+        (detection.evaluation.operating_threshold); None if it had none to calibrate on."""
+        return (self.metrics.get("validation") or {}).get("operating_threshold")
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """What the version was made from (see detection/provenance.py); empty for older versions."""
         return self.read_json("provenance.json")

@@ -35,14 +35,20 @@ def publish_outcome(
 
 @contextlib.contextmanager
 def staged_outcome(
-    store: ModelStore, outcome: TrainingOutcome, *, test_split: DataSplit | None, data_sources: dict[str, Any]
+    store: ModelStore,
+    outcome: TrainingOutcome,
+    *,
+    test_split: DataSplit | None,
+    data_sources: dict[str, Any],
+    validation_metrics: dict[str, Any] | None = None,
 ) -> Iterator[Path]:
     """A staging folder holding the complete version (weights, config, metrics, plots); the caller
-    publishes or rejects it before the block ends, else it is removed."""
+    publishes or rejects it before the block ends, else it is removed. ``validation_metrics``: the
+    finished model's, when it was validated after training (the retrain gate) rather than per epoch."""
     with store.stage() as staged:
         save_model(outcome.model, outcome.model_config, staged / MODEL_FILE)
         metrics = {
-            "validation": outcome.epochs[-1] if outcome.epochs else {},
+            "validation": validation_metrics or selected_epoch(outcome),
             "train_images_per_second": outcome.images_per_second,
             "train_seconds": outcome.seconds,
         }
@@ -76,6 +82,12 @@ def staged_outcome(
         )
         yield staged
         shutil.rmtree(staged, ignore_errors=True)  # neither published nor rejected
+
+
+def selected_epoch(outcome: TrainingOutcome) -> dict[str, Any]:
+    """The summary of the epoch whose weights were kept (the best validated one, else the last)."""
+    chosen = [epoch for epoch in outcome.epochs if epoch.get("epoch") == outcome.selected_epoch]
+    return (chosen or outcome.epochs[-1:] or [{}])[0]
 
 
 def grid_samples(split: DataSplit, predictions: list[dict[str, Any]]) -> list:

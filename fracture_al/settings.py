@@ -73,8 +73,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = 50 * 1024 * 1024
     image_cache_bytes: int = 64 * 1024 * 1024
     # Boxes below this score are not shown to annotators, unless the labelling config's
-    # `model_score_threshold` attribute says otherwise.
-    predict_score_threshold: float = 0.5
+    # `model_score_threshold` attribute says otherwise. None: each model version's own threshold,
+    # calibrated on its validation X-rays (detection.evaluation.operating_threshold), else 0.5.
+    predict_score_threshold: float | None = None
     predict_batch_size: int = 8
 
     # Retraining on RQ workers. Queue names, job ids and our own Redis keys all start with

@@ -50,7 +50,7 @@ class PredictionCache(Protocol):
 @dataclass
 class TaskPredictor:
     image_source: ImageSource
-    default_threshold: float
+    default_threshold: float | None  # the deployment's; None = each model version's calibrated one
     batch_size: int
     # Localisation stability under test-time augmentation costs two more passes per image.
     with_tta: bool
@@ -64,7 +64,7 @@ class TaskPredictor:
         cls,
         image_source: ImageSource,
         *,
-        default_threshold: float,
+        default_threshold: float | None,
         batch_size: int,
         with_tta: bool,
         cache: PredictionCache | None = None,
@@ -95,7 +95,7 @@ class TaskPredictor:
         what the model predicts goes into the cache. Measuring reads nothing from the cache: it
         needs every image through the model."""
         target = rectangle_target(label_config, tuple(predictor.config.class_names))
-        threshold = target.score_threshold if target.score_threshold is not None else self.default_threshold
+        threshold = display_threshold(target.score_threshold, self.default_threshold, predictor.operating_threshold)
         fetched = list(self.fetch_pool.map(lambda task: self._fetch(task, target, connection), tasks))
         digests = {item.digest: item for item in fetched if item.digest is not None}  # one per distinct image
         known = {} if measure or self.cache is None else self.cache.get_many(predictor.version, digests)
@@ -172,6 +172,16 @@ def _decode(item: _Fetched) -> Image.Image | str:
         return load_image(item.data, name=item.reference)
     except ImageLoadError as error:
         return str(error)
+
+
+# Shown when nothing more specific is known: a model without a calibrated threshold, none configured.
+FALLBACK_THRESHOLD = 0.5
+
+
+def display_threshold(*choices: float | None) -> float:
+    """The first threshold given, most specific first: the label config's ``model_score_threshold``,
+    the deployment's setting, the model version's calibrated one; else 0.5."""
+    return next((choice for choice in choices if choice is not None), FALLBACK_THRESHOLD)
 
 
 def measure_signals(

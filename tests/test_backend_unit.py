@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -218,6 +219,36 @@ def test_predict_answers_every_task_in_order_even_when_images_fail(
     for task_id in (12, 13, 14, 15, 16):
         assert f"task {task_id}: no prediction" in caplog.text
     assert TOKEN not in caplog.text
+
+
+def test_boxes_are_shown_from_the_version_s_calibrated_threshold_unless_told_otherwise(
+    home: Path, sample_dir: Path
+) -> None:
+    untuned = CONFIG.replace(' model_score_threshold="0.0"', "")
+    image = sorted((sample_dir / "images").glob("*.jpg"))[0].name
+    request = {"tasks": [{"id": 1, "data": {"image": image}}], "project": "1.1"}
+
+    def shown_scores(label_config: str, **settings: object) -> list[float]:
+        client = client_for(home, local_image_root=sample_dir / "images", **settings)
+        client.post("/setup", json={"project": "1.1", "schema": label_config})
+        reply = client.post("/predict", json={**request, "label_config": label_config})
+        return [region["score"] for region in reply.json["results"][0]["result"]]
+
+    every = len(shown_scores(CONFIG))  # the config's threshold 0: every candidate box
+    assert every, "the fixture model keeps every candidate box: there should be some"
+    metrics_file = home / "models" / "versions" / "v0001" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+
+    def calibrate(threshold: float) -> None:
+        validation = {**metrics["validation"], "operating_threshold": threshold}
+        metrics_file.write_text(json.dumps({**metrics, "validation": validation}))
+
+    calibrate(0.0)
+    assert len(shown_scores(untuned)) == every  # the version's own threshold
+    calibrate(1.0)
+    assert shown_scores(untuned) == []
+    assert len(shown_scores(untuned, predict_score_threshold=0.0)) == every  # the deployment's setting wins
+    assert len(shown_scores(CONFIG, predict_score_threshold=1.0)) == every  # the label config's over both
 
 
 def test_a_new_version_is_served_without_restart(home: Path, file_server: FileServer) -> None:

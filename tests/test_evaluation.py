@@ -91,3 +91,31 @@ def test_only_healthy_images_leave_ap_undefined(coco: CocoFile) -> None:
     assert metrics["mAP50"] is None
     assert metrics["auroc"] is None
     assert metrics["specificity"] == 1.0
+
+
+def _matches(image_id: int, boxes: int, scored: list[tuple[float, bool]]):
+    from fracture_al.detection.evaluation import ImageMatches
+
+    scores = np.array([s for s, _ in scored], dtype=float)
+    return ImageMatches(image_id, boxes, scores, np.array([m for _, m in scored], dtype=bool))
+
+
+def test_operating_threshold_maximises_box_f1() -> None:
+    from fracture_al.detection.evaluation import operating_threshold
+
+    images = [
+        _matches(1, 1, [(0.9, True)]),
+        _matches(2, 1, [(0.4, True), (0.3, False)]),
+        _matches(3, 0, [(0.6, False)]),  # a healthy X-ray's false box
+    ]
+    # Thresholds 0.9 / 0.6 / 0.4 / 0.3 give F1 2/3, 1/2, 4/5, 2/3: 0.4 shows both fractures, one false box.
+    assert operating_threshold(images) == pytest.approx(0.4)
+    # A threshold cannot split equal scores: a true and a false box both at 0.5 come and go together.
+    tied = [_matches(1, 1, [(0.5, True)]), _matches(2, 0, [(0.5, False)]), _matches(3, 1, [(0.2, False)])]
+    assert operating_threshold(tied) == pytest.approx(0.5)
+    # Equal F1 (2/3) at 0.8 and at 0.4: the higher one (fewer boxes to delete).
+    equal = [_matches(1, 2, [(0.8, True), (0.6, False), (0.5, False), (0.4, True)])]
+    assert operating_threshold(equal) == pytest.approx(0.8)
+    assert operating_threshold([_matches(1, 0, [(0.9, False)])]) is None  # nothing to find
+    assert operating_threshold([_matches(1, 1, [(0.9, False)])]) is None  # nothing found
+    assert operating_threshold([_matches(1, 1, [(0.01, True)])]) is None  # only under the floor

@@ -69,6 +69,21 @@ def test_better_boxes_but_fewer_fractured_xrays_flagged_is_refused() -> None:
     assert not decision.passed and "sensitivity" in decision.reason
 
 
+def test_each_model_is_judged_at_the_threshold_it_is_served_with() -> None:
+    # The same candidate, now served at its own calibrated threshold of 0.3, flags every fractured
+    # X-ray it found: better boxes and no fewer fractures flagged, so it passes.
+    current = [image(i, 1, [0.9]) if i % 2 == 0 else image(i, 0, [], [0.95]) for i in range(40)]
+    candidate = [image(i, 1, [0.4]) if i % 2 == 0 else image(i, 0, []) for i in range(40)]
+    decision = quality_gate(candidate, current, RULE, candidate_threshold=0.3, current_threshold=0.5)
+    assert decision.passed, decision.reason
+    assert decision.thresholds == {"candidate": 0.3, "current": 0.5}
+    assert decision.candidate["sensitivity"] == decision.current["sensitivity"] == 1.0
+    # A deployment that fixes one threshold for all models overrides both.
+    fixed = quality_gate(candidate, current, GateRule(min_images=20, min_fractures=10, resamples=300, threshold=0.5),
+                         candidate_threshold=0.3, current_threshold=0.5)  # fmt: skip
+    assert not fixed.passed and fixed.thresholds == {"candidate": 0.5, "current": 0.5}
+
+
 def test_a_small_validation_set_keeps_the_candidate_and_says_what_is_missing() -> None:
     small = [image(i, 1 if i < 4 else 0, [0.9] if i < 4 else []) for i in range(12)]
     decision = quality_gate(small, None, RULE)

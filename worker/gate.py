@@ -10,9 +10,10 @@ comparable). The rule, with the defaults of :class:`GateRule`:
 2. **Better detection.** mAP@50 rises by at least ``min_delta`` (so two copies of one model are
    never "better"), and in at least ``confidence`` of paired bootstrap resamples of the X-rays
    (:func:`detection.bootstrap.paired_difference`).
-3. **No fewer fractures flagged.** Image-level sensitivity at the operating threshold drops by at
-   most ``sensitivity_margin``: a model that localises better but misses more fractured X-rays is
-   not an improvement for a radiologist.
+3. **No fewer fractures flagged.** Image-level sensitivity drops by at most
+   ``sensitivity_margin``, each model measured at the threshold it is (or would be) served with:
+   ``threshold`` if the deployment sets one, else its own calibrated display threshold. A model
+   that localises better but misses more fractured X-rays is not an improvement for a radiologist.
 
 Every decision carries both models' metrics and the 95% paired intervals of the differences.
 Its false-accept and false-reject rates on simulated pairs are measured by
@@ -27,6 +28,7 @@ from typing import Any
 
 from fracture_al.detection.bootstrap import paired_difference
 from fracture_al.detection.evaluation import ImageMatches, average_precision, sensitivity_at
+from fracture_al.integrations.task_predictions import display_threshold
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class GateRule:
     min_delta: float = 0.01
     confidence: float = 0.9
     sensitivity_margin: float = 0.05
-    threshold: float = 0.5
+    threshold: float | None = None  # None: each model's own display threshold
     resamples: int = 1000
     seed: int = 0
 
@@ -52,6 +54,7 @@ class GateDecision:
     delta_map50: dict[str, Any] | None = None
     delta_sensitivity: dict[str, Any] | None = None
     needs: dict[str, int] | None = None
+    thresholds: dict[str, float] | None = None  # the display threshold each model's sensitivity used
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,27 +74,38 @@ def missing_validation(images: Sequence[ImageMatches], rule: GateRule) -> dict[s
 
 
 def quality_gate(
-    candidate: Sequence[ImageMatches], current: Sequence[ImageMatches] | None, rule: GateRule = GateRule()
+    candidate: Sequence[ImageMatches],
+    current: Sequence[ImageMatches] | None,
+    rule: GateRule = GateRule(),
+    *,
+    candidate_threshold: float | None = None,
+    current_threshold: float | None = None,
 ) -> GateDecision:
-    """Decide whether ``candidate`` replaces ``current``; both matched on the same X-rays, in order."""
+    """Decide whether ``candidate`` replaces ``current``; both matched on the same X-rays, in order.
+    ``*_threshold``: each model's calibrated display threshold, used unless the rule sets one."""
     fractures = sum(image.boxes for image in candidate)
-    size = {"validation_images": len(candidate), "validation_fractures": fractures}
-    new = summary(candidate, rule.threshold)
+    shown = {"candidate": display_threshold(rule.threshold, candidate_threshold),
+             "current": display_threshold(rule.threshold, current_threshold)}  # fmt: skip
+    measured = {"validation_images": len(candidate), "validation_fractures": fractures, "thresholds": shown}
+    new = summary(candidate, shown["candidate"])
     needs = missing_validation(candidate, rule)
     if needs is not None:
         reason = (f"validation set too small ({len(candidate)} X-rays, {fractures} fractures): label "
                   f"{needs['images']} more validation X-rays and {needs['fractures']} more fractures")  # fmt: skip
-        return GateDecision(False, reason, **size, candidate=new, current=None, needs=needs)
+        return GateDecision(False, reason, **measured, candidate=new, current=None, needs=needs)
     if current is None:
-        return GateDecision(True, "first model: nothing to compare with", **size, candidate=new, current=None)
+        return GateDecision(True, "first model: nothing to compare with", **measured, candidate=new, current=None)
     if [image.image_id for image in current] != [image.image_id for image in candidate]:
         raise ValueError("candidate and current model were not matched on the same X-rays")
-    old = summary(current, rule.threshold)
+    old = summary(current, shown["current"])
     options = {"resamples": rule.resamples, "seed": rule.seed}
     delta_map = paired_difference(current, candidate, average_precision, **options)
-    delta_sensitivity = paired_difference(current, candidate, lambda s: sensitivity_at(s, rule.threshold), **options)
+    delta_sensitivity = paired_difference(
+        current, candidate, lambda s: sensitivity_at(s, shown["current"]),
+        statistic_b=lambda s: sensitivity_at(s, shown["candidate"]), **options,
+    )  # fmt: skip
     found = {"delta_map50": delta_map.to_dict(), "delta_sensitivity": delta_sensitivity.to_dict()}
-    common = {**size, "candidate": new, "current": old, **found}
+    common = {**measured, "candidate": new, "current": old, **found}
     change = (f"mAP@50 {_number(old['mAP50'])} -> {_number(new['mAP50'])} (difference 95% interval "
               f"{_number(delta_map.low)} to {_number(delta_map.high)})")  # fmt: skip
     if delta_map.value is None or delta_map.value < rule.min_delta:

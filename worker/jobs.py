@@ -159,15 +159,19 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     )
 
     progress.update(stage="gate", force=True)
-    candidate_matches = _validation_matches(outcome.model, model_config, validation, train_config, device)
+    candidate_metrics, candidate_matches = _validate(outcome.model, model_config, validation, train_config, device)
     current_matches = None
     if current is not None:
         verify_version(current)
         current_model, current_config = load_model(current.weights_path, device)
-        current_matches = _validation_matches(current_model, current_config, validation, train_config, device)
-    decision = quality_gate(candidate_matches, current_matches, gate_rule(settings))
+        _, current_matches = _validate(current_model, current_config, validation, train_config, device)
+    # The candidate's display threshold is calibrated on the project's own validation X-rays.
+    decision = quality_gate(candidate_matches, current_matches, gate_rule(settings),
+                            candidate_threshold=(candidate_metrics or {}).get("operating_threshold"),
+                            current_threshold=current.operating_threshold if current else None)  # fmt: skip
     sources = {**data_sources(train=splits["train"], val=validation), "label_studio_project": project_id}
-    with staged_outcome(store, outcome, test_split=None, data_sources=sources) as staged:
+    with staged_outcome(store, outcome, test_split=None, data_sources=sources,
+                        validation_metrics=candidate_metrics) as staged:  # fmt: skip
         write_json(staged / PROVENANCE_FILE, {
             "source": "retrained", "label_studio_project": project_id, "warm_start": current.name if current else None,
             "trained_on": exported_records(splits["train"]),
@@ -294,13 +298,14 @@ def gate_rule(settings: Settings) -> GateRule:
     )
 
 
-def _validation_matches(model, model_config: ModelConfig, validation: DataSplit | None, train_config: TrainConfig,
-                        device) -> list[ImageMatches]:  # fmt: skip
+def _validate(model, model_config: ModelConfig, validation: DataSplit | None, train_config: TrainConfig,
+              device) -> tuple[dict[str, Any] | None, list[ImageMatches]]:  # fmt: skip
+    """The model's metrics on the validation X-rays and its detections matched to them."""
     if validation is None:
-        return []
-    _, predictions = evaluate_split(model, validation, train_config, device, flip_tta=model_config.flip_tta,
-                                    description="gate")  # fmt: skip
-    return match_detections(validation.coco, predictions)
+        return None, []
+    metrics, predictions = evaluate_split(model, validation, train_config, device, flip_tta=model_config.flip_tta,
+                                          description="gate")  # fmt: skip
+    return metrics, match_detections(validation.coco, predictions)
 
 
 def _validation_split(

@@ -46,6 +46,7 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
         label_studio_images,
     )
     from fracture_al.integrations.image_source import ImageSource
+    from fracture_al.integrations.task_predictions import display_threshold
     from fracture_al.sampling.queue import AUGMENTED_SCORES
 
     settings = settings_of(context)
@@ -72,7 +73,8 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
     # FiftyOne and scikit-learn print progress to stdout: with --json it goes to stderr instead.
     with _stdout_to_stderr() if as_json else contextlib.nullcontext():
         samples = inspect_images(images, predictor, batch_size=settings.predict_batch_size, uncertainty=uncertainty)
-        summary = build_dataset(name, samples, score_threshold=settings.predict_score_threshold,
+        threshold = display_threshold(settings.predict_score_threshold, predictor.operating_threshold)
+        summary = build_dataset(name, samples, score_threshold=threshold,
                                 duplicate_threshold=settings.inspect_duplicate_threshold,
                                 plot_dir=settings.home / "inspections" / name,
                                 info={**info, "model_version": version.name})  # fmt: skip

@@ -173,7 +173,9 @@ def evaluate(
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_name", default=None, help="Model version (default: current).")
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Lowest box score shown.")
+@click.option("--threshold", type=float, default=None,
+              help="Lowest box score shown (default: FRACTURE_AL_PREDICT_SCORE_THRESHOLD, else the version's "
+                   "threshold calibrated on its validation X-rays).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--overlay",
@@ -183,16 +185,19 @@ def evaluate(
 )
 @click.pass_context
 def predict(
-    context: click.Context, images: tuple[Path, ...], model_name, threshold: float, as_json: bool, overlay: Path | None
+    context: click.Context, images: tuple[Path, ...], model_name, threshold: float | None, as_json: bool,
+    overlay: Path | None,
 ) -> None:
     """Detect fractures on X-ray image files."""
     from fracture_al.detection.devices import choose_device
     from fracture_al.detection.images import ImageLoadError, load_image
     from fracture_al.detection.plots import draw_overlay
     from fracture_al.detection.predictor import Predictor
+    from fracture_al.integrations.task_predictions import display_threshold
 
     settings = settings_of(context)
     predictor = Predictor.from_version(resolve_version(settings, model_name), choose_device(settings.device))
+    threshold = display_threshold(threshold, settings.predict_score_threshold, predictor.operating_threshold)
     results, failures = [], 0
     for path in images:
         try:
@@ -203,7 +208,8 @@ def predict(
             results.append({"image": str(path), "error": str(error)})
             continue
         prediction = predictor.predict([image])[0].above(threshold)
-        entry = {"image": str(path), "model_version": predictor.version, **prediction.to_dict()}
+        entry = {"image": str(path), "model_version": predictor.version, "threshold": threshold,
+                 **prediction.to_dict()}  # fmt: skip
         if overlay is not None:
             entry["overlay"] = str(
                 draw_overlay(
@@ -218,7 +224,7 @@ def predict(
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
-        console.print(_predictions_table(results))
+        console.print(_predictions_table(results, threshold))
     if failures:
         sys.exit(1)
 
@@ -356,8 +362,9 @@ def _print_provenance(provenance: dict[str, Any]) -> None:
 _METRIC_KEYS = ("mAP", "mAP50", "mAP75", "AR100", "accuracy", "sensitivity", "specificity", "auroc")
 
 
-def _predictions_table(results: list[dict[str, Any]]) -> Table:
-    table = Table("image", "label", "score", "box (x1, y1, x2, y2) px", title="fracture detections")
+def _predictions_table(results: list[dict[str, Any]], threshold: float) -> Table:
+    table = Table("image", "label", "score", "box (x1, y1, x2, y2) px",
+                  title=f"fracture detections (boxes scoring at least {threshold:.2f})")  # fmt: skip
     for result in results:
         if "error" in result:
             table.add_row(result["image"], "[red]error[/]", "", result["error"])
