@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from torchvision.transforms import v2 as T
 
 from fracture_al.detection.coco import xywh_to_xyxy
 from fracture_al.detection.images import load_image
+from fracture_al.detection.masks import polygons_of
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class CocoImage:
     boxes: list[list[float]]  # xyxy, pixels
     labels: list[int]  # contiguous 1..K; 0 is background
     extra: dict[str, Any]
+    polygons: list[list[float]] = field(default_factory=list)  # every fracture outline, pixels (detection.masks)
 
 
 class CocoFile:
@@ -64,7 +66,9 @@ class CocoFile:
     def _index_images(self) -> list[CocoImage]:
         boxes: dict[int, list[list[float]]] = {}
         labels: dict[int, list[int]] = {}
+        polygons: dict[int, list[list[float]]] = {}
         for annotation in self.content.get("annotations", []):
+            polygons.setdefault(annotation["image_id"], []).extend(polygons_of(annotation.get("segmentation")))
             x1, y1, x2, y2 = xywh_to_xyxy(annotation["bbox"])
             if x2 - x1 <= 1 or y2 - y1 <= 1:  # degenerate boxes break the box regression targets
                 continue
@@ -80,6 +84,7 @@ class CocoFile:
                 boxes=boxes.get(image["id"], []),
                 labels=labels.get(image["id"], []),
                 extra={k: v for k, v in image.items() if k not in reserved},
+                polygons=polygons.get(image["id"], []),
             )
             for image in self.content["images"]
         ]

@@ -33,10 +33,10 @@ class MaskScores:
     """One X-ray: its overlap scores and its image-level call."""
 
     image_id: int
-    fractured: bool  # the true mask has a pixel
-    dice: float
-    jaccard: float
-    pixel_accuracy: float
+    fractured: bool  # the X-ray shows a fracture
+    dice: float | None  # None for a classifier, which draws no mask
+    jaccard: float | None
+    pixel_accuracy: float | None
     probability: float  # the X-ray's fracture probability
 
 
@@ -67,6 +67,7 @@ def score_mask(image_id: int, probabilities: np.ndarray, truth: np.ndarray, *, t
 def _mean_of(field: str, fractured_only: bool = False):
     def statistic(scores: Sequence[MaskScores]) -> float | None:
         values = [getattr(s, field) for s in scores if s.fractured or not fractured_only]
+        values = [value for value in values if value is not None]
         return statistics.fmean(values) if values else None
 
     return statistic

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as coco_mask
-from skimage import measure
 
 Polygon = list[float]  # x1, y1, x2, y2, ... in pixels
 
@@ -39,6 +38,8 @@ def polygons_to_mask(polygons: Sequence[Polygon], height: int, width: int) -> np
 def mask_to_polygons(mask: np.ndarray, *, tolerance: float = 1.0) -> list[Polygon]:
     """Outlines of a mask's regions in pixels (x, y), simplified to within ``tolerance`` pixels:
     what a polygon pre-annotation shows. Regions under three points are dropped."""
+    from skimage import measure  # scikit-image is slow to import and needed only here
+
     padded = np.pad(np.asarray(mask, dtype=np.uint8), 1)  # regions touching the border close
     polygons = []
     for contour in measure.find_contours(padded, 0.5):

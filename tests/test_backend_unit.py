@@ -288,9 +288,11 @@ def test_the_backend_does_not_load_the_training_stack() -> None:
     import subprocess
     import sys
 
-    heavy = ("detection.training", "pycocotools", "sklearn", "fiftyone", "matplotlib")
+    heavy = ("fracture_al.detection.training", "pycocotools", "sklearn", "fiftyone", "matplotlib", "monai",
+             "segmentation_models_pytorch", "skimage")  # fmt: skip
     loaded = subprocess.run(
-        [sys.executable, "-c", f"import sys, backend.app; print([m for m in {heavy!r} if m in sys.modules])"],
+        [sys.executable, "-c",
+         f"import sys, fracture_al.backend.app; print([m for m in {heavy!r} if m in sys.modules])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert loaded == "[]"

@@ -1,0 +1,205 @@
+"""Training and evaluating the segmentation and classification networks, in the detector's shape
+(detection/training.py): ``fit_masks`` trains with a validation pass per epoch, keeps the best
+epoch, checkpoints every epoch so a killed run resumes; ``evaluate_masks`` gives the study's
+metrics with intervals (detection/mask_metrics.py).
+
+Losses: MONAI's ``DiceFocalLoss`` for masks (Dice for the overlap the study reports, focal for the
+rare fracture pixels: a few hundred pixels in a 300,000-pixel X-ray) and binary cross-entropy for
+the image-level classifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fracture_al.detection.data import CocoFile
+from fracture_al.detection.mask_data import MaskDataset
+from fracture_al.detection.mask_metrics import MaskScores, mask_metrics, score_mask
+from fracture_al.detection.mask_models import MaskModelConfig, architecture, build_mask_model
+from fracture_al.detection.training import seed_everything
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class MaskTrainConfig:
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float | None = None  # None: the architecture's own (detection.mask_models)
+    weight_decay: float = 1e-4
+    workers: int = 0
+    seed: int = 0
+    threshold: float = 0.5  # a pixel (or an X-ray) at or above this probability is called fracture
+    select_on: str | None = "dice_fractured"  # the validation metric the kept epoch is best at
+    time_budget_minutes: float | None = None
+    imagenet: bool = True  # seed the networks that can be from the ImageNet MobileNetV2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MaskTrainingOutcome:
+    model: torch.nn.Module
+    model_config: MaskModelConfig
+    train_config: MaskTrainConfig
+    iterations: list[dict[str, float]]  # the loss of every step
+    epochs: list[dict[str, Any]]  # per epoch: mean loss and validation metrics
+    selected_epoch: int | None
+    seconds: float
+    images_seen: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / self.seconds if self.seconds else 0.0
+
+
+def loss_function(config: MaskModelConfig) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(logits, masks, labels)`` for the network's task."""
+    if config.task == "classification":
+        return lambda logits, masks, labels: F.binary_cross_entropy_with_logits(logits.squeeze(1), labels)
+    from monai.losses import DiceFocalLoss
+
+    dice_focal = DiceFocalLoss(sigmoid=True)
+    return lambda logits, masks, labels: dice_focal(logits, masks)
+
+
+def make_mask_loader(dataset: MaskDataset, config: MaskTrainConfig, *, shuffle: bool, epoch: int = 0) -> DataLoader:
+    # A generator seeded per epoch: a resumed run sees the batches an uninterrupted one would.
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, num_workers=config.workers,
+                      generator=generator, drop_last=False)  # fmt: skip
+
+
+def fit_masks(
+    model_config: MaskModelConfig,
+    train_config: MaskTrainConfig,
+    train_coco: CocoFile,
+    image_dir: Path,
+    val_coco: CocoFile | None,
+    run_dir: Path,
+    *,
+    device: torch.device,
+    weights_dirs: tuple[Path, ...] = (),
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> MaskTrainingOutcome:
+    """Train a segmentation or classification network; see the module's docstring."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(train_config.seed)
+    model = build_mask_model(model_config, imagenet=train_config.imagenet, search_dirs=weights_dirs).to(device)
+    lr = train_config.lr or architecture(model_config.arch).lr
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, train_config.epochs))
+    loss_of = loss_function(model_config)
+    train_set = MaskDataset(train_coco, image_dir, model_config.image_size, train=True)
+    iterations: list[dict[str, float]] = []
+    epochs: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": None, "value": float("-inf"), "state": None}
+    start = 1
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        iterations, epochs, best, start = state["iterations"], state["epochs"], state["best"], state["epoch"] + 1
+        log.info("resumed from %s at epoch %d", checkpoint, start)
+
+    deadline = time.monotonic() + 60 * train_config.time_budget_minutes if train_config.time_budget_minutes else None
+    started, images_seen = time.monotonic(), 0
+    for epoch in range(start, train_config.epochs + 1):
+        model.train()
+        losses = []
+        loader = make_mask_loader(train_set, train_config, shuffle=True, epoch=epoch)
+        for images, masks, labels in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False):
+            loss = loss_of(model(images.to(device)), masks.to(device), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.item()))
+            iterations.append({"epoch": epoch, "loss": losses[-1]})
+            images_seen += len(images)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        scheduler.step()
+        summary: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None}
+        if val_coco is not None:
+            metrics, _ = evaluate_masks(model, model_config, val_coco, image_dir, train_config, device)
+            summary.update({name: value["value"] for name, value in metrics.items()})
+        epochs.append(summary)
+        chosen = summary.get(train_config.select_on) if train_config.select_on else None
+        if chosen is not None and chosen > best["value"]:
+            best = {"epoch": epoch, "value": chosen,
+                    "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}  # fmt: skip
+        _save_checkpoint(checkpoint, model, optimizer, scheduler, epoch, iterations, epochs, best)
+        if on_epoch is not None:
+            on_epoch(summary)
+        if deadline is not None and time.monotonic() >= deadline:
+            log.info("time budget of %s min reached after epoch %d", train_config.time_budget_minutes, epoch)
+            break
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return MaskTrainingOutcome(model.eval(), model_config, train_config, iterations, epochs, best["epoch"],
+                               time.monotonic() - started, images_seen)  # fmt: skip
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, iterations, epochs, best) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "iterations": iterations, "epochs": epochs, "best": best}, temporary)  # fmt: skip
+    os.replace(temporary, path)  # a kill mid-save leaves the previous checkpoint
+
+
+@torch.inference_mode()
+def predict_probabilities(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per input: the fracture probability map (B, S, S; empty for a classifier) and the X-ray's
+    fracture probability (B,): a classifier's output, or a segmenter's highest pixel probability."""
+    output = torch.sigmoid(model(images).float())
+    if output.dim() == 2:  # a classifier: (B, 1)
+        return torch.zeros((len(images), 0, 0)), output[:, 0]
+    maps = output[:, 0]
+    return maps, maps.flatten(1).amax(dim=1)
+
+
+def evaluate_masks(
+    model: torch.nn.Module,
+    model_config: MaskModelConfig,
+    coco: CocoFile,
+    image_dir: Path,
+    train_config: MaskTrainConfig,
+    device: torch.device,
+    *,
+    resamples: int = 200,
+) -> tuple[dict[str, dict[str, Any]], list[MaskScores]]:
+    """The study's metrics on ``coco``'s X-rays, masks compared at each X-ray's own size."""
+    model.eval()
+    dataset = MaskDataset(coco, image_dir, model_config.image_size, train=False)
+    scores: list[MaskScores] = []
+    index = 0
+    for images, _, _ in make_mask_loader(dataset, train_config, shuffle=False):
+        maps, probabilities = predict_probabilities(model, images.to(device))
+        for offset in range(len(images)):
+            record, truth = coco.images[index], dataset.true_mask(index)
+            if maps.shape[-1]:
+                full = F.interpolate(maps[offset][None, None], size=truth.shape, mode="bilinear", align_corners=False)
+                scores.append(score_mask(record.image_id, full[0, 0].cpu().numpy(), truth.numpy(),
+                                         threshold=train_config.threshold))  # fmt: skip
+            else:
+                scores.append(MaskScores(record.image_id, bool(truth.any() or record.boxes), None, None, None,
+                                         float(probabilities[offset])))  # fmt: skip
+            index += 1
+    return mask_metrics(scores, threshold=train_config.threshold, resamples=resamples), scores
