@@ -18,10 +18,8 @@ from torchvision.transforms import v2 as T
 
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.images import load_image
+from fracture_al.detection.mask_predictor import input_transforms
 from fracture_al.detection.masks import polygons_to_mask
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def mask_transforms(image_size: int, *, train: bool) -> T.Compose:
@@ -32,19 +30,7 @@ def mask_transforms(image_size: int, *, train: bool) -> T.Compose:
         T.RandomApply([T.RandomAffine(degrees=8, translate=(0.05, 0.05), scale=(0.9, 1.15))], p=0.5),
         T.ColorJitter(brightness=0.2, contrast=0.25),
     ] if train else []  # fmt: skip
-    return T.Compose([
-        *augment,
-        T.Resize((image_size, image_size), antialias=True),
-        T.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.float32, "others": None}, scale=True),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        T.ToPureTensor(),
-    ])  # fmt: skip
-
-
-def to_input(image, image_size: int) -> torch.Tensor:
-    """A PIL X-ray as one network input (3, image_size, image_size), as evaluation sees it."""
-    tensor = tv_tensors.Image(T.functional.pil_to_tensor(image.convert("RGB")))
-    return mask_transforms(image_size, train=False)(tensor)
+    return T.Compose([*augment, *input_transforms(image_size)])
 
 
 class MaskDataset(Dataset):

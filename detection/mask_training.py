@@ -24,11 +24,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fracture_al.detection.data import CocoFile
 from fracture_al.detection.mask_data import MaskDataset
 from fracture_al.detection.mask_metrics import MaskScores, mask_metrics, score_mask
 from fracture_al.detection.mask_models import MaskModelConfig, architecture, build_mask_model
-from fracture_al.detection.training import seed_everything
+from fracture_al.detection.training import DataSplit, seed_everything
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -87,9 +86,8 @@ def make_mask_loader(dataset: MaskDataset, config: MaskTrainConfig, *, shuffle: 
 def fit_masks(
     model_config: MaskModelConfig,
     train_config: MaskTrainConfig,
-    train_coco: CocoFile,
-    image_dir: Path,
-    val_coco: CocoFile | None,
+    train_split: DataSplit,
+    val_split: DataSplit | None,
     run_dir: Path,
     *,
     device: torch.device,
@@ -105,7 +103,7 @@ def fit_masks(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, train_config.epochs))
     loss_of = loss_function(model_config)
-    train_set = MaskDataset(train_coco, image_dir, model_config.image_size, train=True)
+    train_set = MaskDataset(train_split.coco, train_split.image_dir, model_config.image_size, train=True)
     iterations: list[dict[str, float]] = []
     epochs: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "value": float("-inf"), "state": None}
@@ -137,8 +135,8 @@ def fit_masks(
                 break
         scheduler.step()
         summary: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None}
-        if val_coco is not None:
-            metrics, _ = evaluate_masks(model, model_config, val_coco, image_dir, train_config, device)
+        if val_split is not None:
+            metrics, _ = evaluate_masks(model, model_config, val_split, train_config, device)
             summary.update({name: value["value"] for name, value in metrics.items()})
         epochs.append(summary)
         chosen = summary.get(train_config.select_on) if train_config.select_on else None
@@ -178,16 +176,16 @@ def predict_probabilities(model: torch.nn.Module, images: torch.Tensor) -> tuple
 def evaluate_masks(
     model: torch.nn.Module,
     model_config: MaskModelConfig,
-    coco: CocoFile,
-    image_dir: Path,
+    split: DataSplit,
     train_config: MaskTrainConfig,
     device: torch.device,
     *,
     resamples: int = 200,
 ) -> tuple[dict[str, dict[str, Any]], list[MaskScores]]:
-    """The study's metrics on ``coco``'s X-rays, masks compared at each X-ray's own size."""
+    """The study's metrics on the split's X-rays, masks compared at each X-ray's own size."""
     model.eval()
-    dataset = MaskDataset(coco, image_dir, model_config.image_size, train=False)
+    coco = split.coco
+    dataset = MaskDataset(coco, split.image_dir, model_config.image_size, train=False)
     scores: list[MaskScores] = []
     index = 0
     for images, _, _ in make_mask_loader(dataset, train_config, shuffle=False):

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from fracture_al.detection.mask_models import MaskModelConfig, build_mask_model
 from fracture_al.detection.model import ModelConfig, build_model
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
@@ -58,8 +59,13 @@ class ModelVersion:
         return json.loads(file.read_text()) if file.exists() else {}
 
     @property
-    def model_config(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.read_json("config.json")["model"])
+    def model_config(self) -> ModelConfig | MaskModelConfig:
+        return model_config_from_dict(self.read_json("config.json")["model"])
+
+    @property
+    def task(self) -> str:
+        """What the version's network does: detection, segmentation or classification."""
+        return task_of(self.read_json("config.json").get("model", {}))
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -85,15 +91,29 @@ class ModelVersion:
         return self.weights_path.stat().st_mtime
 
 
-def save_model(model: torch.nn.Module, config: ModelConfig, path: Path) -> None:
+DETECTION = "detection"
+
+
+def task_of(config: dict[str, Any]) -> str:
+    """A saved config's task; detectors were saved before tasks existed, hence the default."""
+    return config.get("task", DETECTION)
+
+
+def model_config_from_dict(config: dict[str, Any]) -> ModelConfig | MaskModelConfig:
+    return ModelConfig.from_dict(config) if task_of(config) == DETECTION else MaskModelConfig.from_dict(config)
+
+
+def save_model(model: torch.nn.Module, config: ModelConfig | MaskModelConfig, path: Path) -> None:
     torch.save({"model": model.state_dict(), "model_config": config.to_dict()}, path)
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ModelConfig]:
-    """Rebuild a saved detector (no pretrained checkpoint needed: the file has every weight)."""
+def load_model(
+    path: Path, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, ModelConfig | MaskModelConfig]:
+    """Rebuild a saved network of any task (no pretrained checkpoint needed: the file has every weight)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    config = ModelConfig.from_dict(saved["model_config"])
-    model = build_model(config)
+    config = model_config_from_dict(saved["model_config"])
+    model = build_model(config) if isinstance(config, ModelConfig) else build_mask_model(config)
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), config
 
@@ -108,7 +128,11 @@ class ModelStore:
         self.versions_dir = self.root / "versions"
         self.staging_dir = self.root / "staging"
         self.rejected_dir = self.root / "rejected"
-        self.pointer = self.root / "CURRENT"
+
+    def pointer(self, task: str = DETECTION) -> Path:
+        """The file naming the task's served version: one per task, so a project can be served boxes
+        and masks side by side (the detector's keeps its original name)."""
+        return self.root / ("CURRENT" if task == DETECTION else f"CURRENT-{task}")
 
     # Reading -----------------------------------------------------------------------------------
     def list(self) -> list[ModelVersion]:
@@ -128,21 +152,23 @@ class ModelStore:
             raise ModelStoreError(f"model version {name!r} not found in {self.root} (known: {known})")
         return ModelVersion(name, path)
 
-    def current_name(self) -> str | None:
+    def current_name(self, task: str = DETECTION) -> str | None:
         try:
-            return self.pointer.read_text().strip() or None
+            return self.pointer(task).read_text().strip() or None
         except FileNotFoundError:
             return None
 
-    def current(self) -> ModelVersion:
-        name = self.current_name()
+    def current(self, task: str = DETECTION) -> ModelVersion:
+        name = self.current_name(task)
         if name is None:
-            raise ModelStoreError(f"no model has been published in {self.root} yet: run `fracture-al train` first")
+            what, flag = ("model", "") if task == DETECTION else (f"{task} model", f" --task {task}")
+            raise ModelStoreError(f"no {what} has been published in {self.root} yet: run "
+                                  f"`fracture-al train{flag}` first")  # fmt: skip
         return self.get(name)
 
-    def resolve(self, name: str | None) -> ModelVersion:
-        """``name`` if given, else the current version."""
-        return self.get(name) if name else self.current()
+    def resolve(self, name: str | None, task: str = DETECTION) -> ModelVersion:
+        """``name`` if given, else the task's current version."""
+        return self.get(name) if name else self.current(task)
 
     # Writing -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -199,12 +225,12 @@ class ModelStore:
         return sorted(self.rejected_dir.iterdir()) if self.rejected_dir.is_dir() else []
 
     def promote(self, name: str) -> ModelVersion:
-        """Point CURRENT at ``name``; also how a rollback is done."""
+        """Serve ``name`` for its task from now on; also how a rollback is done."""
         version = self.get(name)
         self.root.mkdir(parents=True, exist_ok=True)
         temporary = self.root / f".CURRENT.{os.getpid()}.{time.monotonic_ns()}"
         temporary.write_text(version.name + "\n")
-        os.replace(temporary, self.pointer)
+        os.replace(temporary, self.pointer(version.task))
         return version
 
 

@@ -13,7 +13,10 @@ import numpy as np
 import torch
 
 from fracture_al.detection.images import load_image
-from fracture_al.detection.plots import plot_losses, plot_prediction_grid, plot_validation
+from fracture_al.detection.mask_predictor import MaskPredictor
+from fracture_al.detection.mask_training import MaskTrainingOutcome, evaluate_masks
+from fracture_al.detection.masks import polygons_to_mask
+from fracture_al.detection.plots import MASK_CURVES, plot_losses, plot_mask_grid, plot_prediction_grid, plot_validation
 from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelVersion, save_model, write_json
 from fracture_al.detection.training import DataSplit, TrainingOutcome, evaluate_split
 
@@ -84,7 +87,7 @@ def staged_outcome(
         shutil.rmtree(staged, ignore_errors=True)  # neither published nor rejected
 
 
-def selected_epoch(outcome: TrainingOutcome) -> dict[str, Any]:
+def selected_epoch(outcome: TrainingOutcome | MaskTrainingOutcome) -> dict[str, Any]:
     """The summary of the epoch whose weights were kept (the best validated one, else the last)."""
     chosen = [epoch for epoch in outcome.epochs if epoch.get("epoch") == outcome.selected_epoch]
     return (chosen or outcome.epochs[-1:] or [{}])[0]
@@ -110,3 +113,51 @@ def data_sources(**splits: DataSplit | None) -> dict[str, Any]:
         for name, split in splits.items()
         if split is not None
     }
+
+
+def publish_mask_outcome(
+    store: ModelStore,
+    outcome: MaskTrainingOutcome,
+    *,
+    test_split: DataSplit | None,
+    data_sources: dict[str, Any],
+    device: torch.device,
+    make_current: bool = True,
+) -> ModelVersion:
+    """A segmentation or classification version, as ``staged_outcome`` makes a detector's: the
+    study's test metrics with bootstrap 95% intervals, and its three pictures."""
+    with store.stage() as staged:
+        save_model(outcome.model, outcome.model_config, staged / MODEL_FILE)
+        metrics: dict[str, Any] = {"validation": selected_epoch(outcome), "train_seconds": outcome.seconds,
+                                   "train_images_per_second": outcome.images_per_second}  # fmt: skip
+        plots = staged / "plots"
+        plot_losses(outcome.iterations, plots / "losses.png", names={"loss": "training loss"})
+        plot_validation(outcome.epochs, plots / "validation.png", curves=MASK_CURVES)
+        if test_split is not None:
+            intervals, _ = evaluate_masks(outcome.model, outcome.model_config, test_split, outcome.train_config, device,
+                                          resamples=1000)  # fmt: skip
+            metrics["test"] = {name: interval["value"] for name, interval in intervals.items()}
+            metrics["test_intervals"] = intervals
+            plot_mask_grid(mask_grid_samples(test_split, outcome, device), plots / "test_predictions.png",
+                           threshold=outcome.train_config.threshold)  # fmt: skip
+        write_json(staged / "metrics.json", metrics)
+        write_json(staged / "history.json", {"iterations": outcome.iterations, "epochs": outcome.epochs})
+        write_json(staged / "config.json", {
+            "model": outcome.model_config.to_dict(), "train": outcome.train_config.to_dict(), "data": data_sources,
+            "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+        })  # fmt: skip
+        return store.publish(staged, make_current=make_current)
+
+
+def mask_grid_samples(split: DataSplit, outcome: MaskTrainingOutcome, device: torch.device) -> list:
+    """Half fractured X-rays, half healthy, in file order: image, true mask, predicted map, probability."""
+    positives = [record for record in split.coco.images if record.polygons][: GRID_IMAGES // 2]
+    negatives = [record for record in split.coco.images if not record.boxes and not record.polygons]
+    chosen = positives + negatives[: GRID_IMAGES - len(positives)]
+    images = [load_image(split.image_dir / record.file_name) for record in chosen]
+    predictor = MaskPredictor(outcome.model, outcome.model_config, device, "candidate")
+    return [
+        (image, polygons_to_mask(record.polygons, image.height, image.width), prediction.probabilities,
+         prediction.probability)
+        for record, image, prediction in zip(chosen, images, predictor.predict(images), strict=True)
+    ]  # fmt: skip

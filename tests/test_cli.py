@@ -69,7 +69,7 @@ def test_predict_reports_a_corrupt_file_and_still_answers_the_rest(trained_home:
 def test_predict_table_output(trained_home: Path, inputs: dict[str, Path]) -> None:
     result = run_cli(trained_home, "predict", str(inputs["jpeg"]), "--threshold", "0")
     assert result.returncode == 0, result.stderr
-    assert "fracture detections" in result.stdout
+    assert "fractures found (threshold 0.00)" in result.stdout
 
 
 def test_evaluate_agrees_with_pycocotools_on_what_predict_prints(trained_home: Path, sample_dir: Path) -> None:
@@ -130,3 +130,36 @@ def test_a_fresh_home_predicts_with_the_shipped_model(tmp_path: Path, inputs: di
     assert [path for path in written if path.stat().st_mode & 0o077] == []  # this user's only
 
 
+
+
+@pytest.mark.slow
+def test_segmentation_is_trained_served_and_predicted_beside_the_detector(
+    tmp_path: Path, inputs: dict[str, Path], sample_dir: Path
+) -> None:
+    """The study's form: train a U-Net, then `predict --image x.jpg` prints the fracture probability
+    and writes the mask overlay. The detector stays the served detection model."""
+    home = tmp_path / "home"
+    trained = run_cli(home, "train", "--task", "segmentation", "--arch", "unet", "--epochs", "1", "--image-size", "128")
+    assert trained.returncode == 0, trained.stderr
+    models = json.loads(run_cli(home, "models", "list", "--json").stdout)
+    assert [(m["version"], m["task"], m["current"]) for m in models] == [
+        ("v0001", "detection", True), ("v0002", "segmentation", True)]  # fmt: skip
+    assert (home / "models" / "versions" / "v0002" / "plots" / "test_predictions.png").is_file()
+
+    image = sorted((sample_dir / "images").glob("*.jpg"))[0]
+    printed = run_cli(home, "predict", "--image", str(image), "--task", "segmentation", "--json",
+                      "--overlay", str(tmp_path / "overlays"))  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    [result] = json.loads(printed.stdout)
+    assert result["model_version"] == "v0002" and result["task"] == "segmentation"
+    assert 0.0 <= result["probability"] <= 1.0 and result["fracture"] == (result["probability"] >= 0.5)
+    assert Image.open(result["overlay"]).size[0] > 100
+    detected = json.loads(run_cli(home, "predict", str(image), "--json").stdout)
+    assert detected[0]["model_version"] == "v0001" and detected[0]["task"] == "detection"
+
+    evaluated = run_cli(home, "evaluate", "--task", "segmentation", "--split", "val", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert 0.0 <= metrics["dice_fractured"] <= 1.0 and "dice_fractured 95%" in metrics
+    assert "run `fracture-al train --task classification` first" in run_cli(
+        home, "predict", str(image), "--task", "classification").stderr

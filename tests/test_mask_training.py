@@ -12,6 +12,7 @@ from fracture_al.detection.data import CocoFile
 from fracture_al.detection.mask_data import MaskDataset
 from fracture_al.detection.mask_models import ARCHITECTURES, MaskModelConfig, architectures, build_mask_model
 from fracture_al.detection.mask_training import MaskTrainConfig, evaluate_masks, fit_masks, loss_function
+from fracture_al.detection.training import load_splits
 
 SIZE = 128
 
@@ -64,19 +65,19 @@ def test_a_wrong_task_or_size_is_refused() -> None:
 
 @pytest.mark.slow
 def test_fit_masks_validates_keeps_the_best_epoch_and_resumes(sample_dir: Path, tmp_path: Path) -> None:
-    train, val = CocoFile(sample_dir / "train.json"), CocoFile(sample_dir / "val.json")
+    splits = load_splits(sample_dir)
+    train, val = splits["train"], splits["val"]
     config = MaskModelConfig("segmentation", "unet", image_size=SIZE)
-    first = fit_masks(config, MaskTrainConfig(epochs=1, batch_size=8), train, sample_dir / "images", val,
-                      tmp_path / "run", device=torch.device("cpu"))  # fmt: skip
+    first = fit_masks(config, MaskTrainConfig(epochs=1, batch_size=8), train, val, tmp_path / "run",
+                      device=torch.device("cpu"))  # fmt: skip
     assert [e["epoch"] for e in first.epochs] == [1] and first.selected_epoch == 1
     assert {"dice_fractured", "dice_all", "jaccard_fractured", "auroc"} <= set(first.epochs[0])
-    resumed = fit_masks(config, MaskTrainConfig(epochs=2, batch_size=8), train, sample_dir / "images", val,
-                        tmp_path / "run", device=torch.device("cpu"), resume=True)  # fmt: skip
+    resumed = fit_masks(config, MaskTrainConfig(epochs=2, batch_size=8), train, val, tmp_path / "run",
+                        device=torch.device("cpu"), resume=True)  # fmt: skip
     assert [e["epoch"] for e in resumed.epochs] == [1, 2]  # epoch 1 read back, only epoch 2 trained
-    assert resumed.images_seen == len(train.images)
-    metrics, scores = evaluate_masks(resumed.model, config, val, sample_dir / "images", MaskTrainConfig(),
-                                     torch.device("cpu"))  # fmt: skip
-    assert len(scores) == len(val.images) and all(0.0 <= s.dice <= 1.0 for s in scores)
+    assert resumed.images_seen == len(train.coco.images)
+    metrics, scores = evaluate_masks(resumed.model, config, val, MaskTrainConfig(), torch.device("cpu"))
+    assert len(scores) == len(val.coco.images) and all(0.0 <= s.dice <= 1.0 for s in scores)
     fractured = [s for s in scores if s.fractured]
     assert fractured and metrics["dice_fractured"]["value"] == pytest.approx(
         sum(s.dice for s in fractured) / len(fractured))

@@ -48,12 +48,12 @@ def model_store(settings: Settings):
     return open_store(settings.models_dir)
 
 
-def resolve_version(settings: Settings, name: str | None):
-    """A model version by name (the current one for ``None``), or a CliError naming what exists."""
+def resolve_version(settings: Settings, name: str | None, task: str = "detection"):
+    """A model version by name (the task's current one for ``None``), or a CliError naming what exists."""
     from fracture_al.detection.store import ModelStoreError
 
     try:
-        return model_store(settings).resolve(name)
+        return model_store(settings).resolve(name, task)
     except ModelStoreError as error:
         raise CliError(str(error)) from error
 

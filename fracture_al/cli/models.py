@@ -23,11 +23,18 @@ data_option = click.option(
     show_default="the bundled sample X-rays",
     help="Folder with train.json, val.json, test.json, images/.",
 )
+TASKS = ("detection", "segmentation", "classification")
+task_option = click.option("--task", type=click.Choice(TASKS), default="detection", show_default=True,
+                           help="Boxes, fracture masks, or fracture / no fracture per X-ray; picks the "
+                                "task's current model when --model is not given.")  # fmt: skip
 
 
 @main.command()
 @data_option
-@click.option("--arch", default=None, help="Architecture (default: mobilenet_v2_fpn, offline).")
+@task_option
+@click.option("--arch", default=None, help="Architecture (detection: mobilenet_v2_fpn; segmentation: unet, "
+              "attention_unet, r2_unet, swin_unetr; classification: mobilenet_v2, vit).")  # fmt: skip
+@click.option("--image-size", type=int, default=None, help="Segmentation / classification input side (px).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
@@ -56,7 +63,9 @@ data_option = click.option(
 def train(
     context: click.Context,
     data_dir: Path,
+    task: str,
     arch,
+    image_size,
     epochs,
     batch_size,
     lr,
@@ -71,7 +80,7 @@ def train(
     resume,
     no_promote,
 ) -> None:
-    """Train a detector and publish it as a new model version."""
+    """Train a detector (or, with --task, a segmenter or classifier) and publish it as a new model version."""
     from dataclasses import replace
 
     from fracture_al.detection.devices import choose_device
@@ -84,6 +93,14 @@ def train(
 
     settings = settings_of(context)
     store = model_store(settings)
+    if task != "detection":
+        if warm_start or weights:
+            raise CliError("--warm-start and --weights are for detectors; a segmenter or classifier starts from "
+                           "ImageNet where its architecture can")  # fmt: skip
+        training = _given(epochs=epochs, batch_size=batch_size, lr=lr, time_budget_minutes=time_budget, workers=workers)
+        _train_mask_model(settings, data_dir, task, arch, run_name, resume, no_promote, _given(image_size=image_size),
+                          training)  # fmt: skip
+        return
     splits = _load_splits(data_dir)
     try:
         model_config, train_config = recipe(recipe_name).configs(
@@ -131,8 +148,44 @@ def train(
     _print_version(version)
 
 
+def _train_mask_model(
+    settings, data_dir: Path, task: str, arch: str | None, run_name: str | None, resume: bool, no_promote: bool,
+    model_options: dict[str, Any], train_options: dict[str, Any],
+) -> None:
+    from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.mask_models import MaskModelConfig, architectures
+    from fracture_al.detection.mask_training import MaskTrainConfig, fit_masks
+    from fracture_al.detection.versioning import data_sources, publish_mask_outcome
+    from fracture_al.detection.weights import WeightsError
+
+    try:
+        model_config = MaskModelConfig(task, arch or architectures(task)[0], **model_options)
+    except ValueError as error:
+        raise CliError(str(error)) from error
+    train_config = MaskTrainConfig(seed=settings.seed, **train_options)
+    splits, device = _load_splits(data_dir), choose_device(settings.device)
+    run_dir = settings.runs_dir / (run_name or _new_run_name())
+    console.print(f"training [bold]{model_config.arch}[/] ({task}) on {data_dir} -> run folder {run_dir}")
+    try:
+        outcome = fit_masks(model_config, train_config, splits["train"], splits["val"], run_dir, device=device,
+                            weights_dirs=tuple(settings.weights_dirs), resume=resume,
+                            on_epoch=lambda summary: console.print(_epoch_line(summary)))  # fmt: skip
+    except WeightsError as error:
+        raise CliError(str(error)) from error
+    version = publish_mask_outcome(
+        model_store(settings), outcome, test_split=splits["test"], data_sources=data_sources(**splits),
+        device=device, make_current=not no_promote,
+    )  # fmt: skip
+    _print_version(version)
+
+
+def _epoch_line(summary: dict[str, Any]) -> str:
+    return f"epoch {summary['epoch']}: " + ", ".join(f"{k} {fmt(v)}" for k, v in summary.items() if k != "epoch")
+
+
 @main.command()
-@click.option("--model", "model_name", default=None, help="Model version (default: current).")
+@click.option("--model", "model_name", default=None, help="Model version (default: the task's current one).")
+@task_option
 @data_option
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option(
@@ -145,25 +198,35 @@ def train(
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def evaluate(
-    context: click.Context, model_name, data_dir: Path, split: str, image_threshold: float, as_json: bool
+    context: click.Context, model_name, task: str, data_dir: Path, split: str, image_threshold: float, as_json: bool
 ) -> None:
-    """COCO mAP and image-level metrics of a model version on a data split."""
+    """A model version's metrics on a data split: COCO mAP and image-level metrics for a detector;
+    Dice, Jaccard, pixel accuracy and image-level metrics with 95% intervals for a segmenter or
+    classifier."""
     from fracture_al.detection.devices import choose_device
     from fracture_al.detection.shipped_model import verify_version
     from fracture_al.detection.store import load_model
     from fracture_al.detection.training import TrainConfig, evaluate_split
 
     settings = settings_of(context)
-    version = resolve_version(settings, model_name)
+    version = resolve_version(settings, model_name, task)
     chosen = _load_splits(data_dir)[split]
     if chosen is None:
         raise CliError(f"{data_dir} has no {split}.json")
     device = choose_device(settings.device)
     verify_version(version)
     model, config = load_model(version.weights_path, device)
-    metrics, _ = evaluate_split(
-        model, chosen, TrainConfig(image_threshold=image_threshold), device, flip_tta=config.flip_tta
-    )
+    if version.task == "detection":
+        metrics, _ = evaluate_split(
+            model, chosen, TrainConfig(image_threshold=image_threshold), device, flip_tta=config.flip_tta
+        )
+    else:
+        from fracture_al.detection.mask_training import MaskTrainConfig, evaluate_masks
+
+        intervals, _ = evaluate_masks(model, config, chosen, MaskTrainConfig(threshold=image_threshold), device,
+                                      resamples=1000)  # fmt: skip
+        metrics = {name: value["value"] for name, value in intervals.items()}
+        metrics.update({f"{name} 95%": f"{fmt(v['low'])} to {fmt(v['high'])}" for name, v in intervals.items()})
     if as_json:
         click.echo(json.dumps({"model_version": version.name, "split": split, **metrics}, indent=2))
     else:
@@ -171,35 +234,39 @@ def evaluate(
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_name", default=None, help="Model version (default: current).")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--image", "more_images", multiple=True, type=click.Path(path_type=Path),
+              help="An X-ray to run on (repeatable; the same as naming it as an argument).")  # fmt: skip
+@click.option("--model", "model_name", default=None, help="Model version (default: the task's current one).")
+@task_option
 @click.option("--threshold", type=float, default=None,
               help="Lowest box score shown (default: FRACTURE_AL_PREDICT_SCORE_THRESHOLD, else the version's "
-                   "threshold calibrated on its validation X-rays).")  # fmt: skip
+                   "threshold calibrated on its validation X-rays); for masks, the pixel probability.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--overlay",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Write <image>.pred.png with the boxes drawn into this folder.",
+    help="Write <image>.pred.png with the boxes or the mask drawn into this folder.",
 )
 @click.pass_context
 def predict(
-    context: click.Context, images: tuple[Path, ...], model_name, threshold: float | None, as_json: bool,
-    overlay: Path | None,
+    context: click.Context, images: tuple[Path, ...], more_images: tuple[Path, ...], model_name, task: str,
+    threshold: float | None, as_json: bool, overlay: Path | None,
 ) -> None:
-    """Detect fractures on X-ray image files."""
+    """Find fractures on X-ray image files: boxes, or a mask, and the X-ray's fracture probability."""
     from fracture_al.detection.devices import choose_device
     from fracture_al.detection.images import ImageLoadError, load_image
-    from fracture_al.detection.plots import draw_overlay
-    from fracture_al.detection.predictor import Predictor
-    from fracture_al.integrations.task_predictions import display_threshold
 
     settings = settings_of(context)
-    predictor = Predictor.from_version(resolve_version(settings, model_name), choose_device(settings.device))
-    threshold = display_threshold(threshold, settings.predict_score_threshold, predictor.operating_threshold)
+    paths = [*images, *more_images]
+    if not paths:
+        raise CliError("name at least one X-ray: fracture-al predict --image xray.jpg")
+    version = resolve_version(settings, model_name, task)
+    run = _box_runner if version.task == "detection" else _mask_runner
+    predict_one, threshold = run(version, choose_device(settings.device), threshold, settings)
     results, failures = [], 0
-    for path in images:
+    for path in paths:
         try:
             image = load_image(path)
         except ImageLoadError as error:
@@ -207,26 +274,57 @@ def predict(
             errors.print(f"[red]skipped[/] {error}")
             results.append({"image": str(path), "error": str(error)})
             continue
-        prediction = predictor.predict([image])[0].above(threshold)
-        entry = {"image": str(path), "model_version": predictor.version, "threshold": threshold,
-                 **prediction.to_dict()}  # fmt: skip
-        if overlay is not None:
-            entry["overlay"] = str(
-                draw_overlay(
-                    image,
-                    prediction.boxes,
-                    prediction.scores,
-                    overlay / f"{path.stem}.pred.png",
-                    score_threshold=threshold,
-                )
-            )
-        results.append(entry)
+        entry = {"image": str(path), "model_version": version.name, "task": version.task, "threshold": threshold}
+        results.append({**entry, **predict_one(image, overlay / f"{path.stem}.pred.png" if overlay else None)})
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
         console.print(_predictions_table(results, threshold))
     if failures:
         sys.exit(1)
+
+
+def _box_runner(version, device, threshold: float | None, settings):
+    """``(image, overlay path or None) -> result`` for a detector, and the box threshold it shows."""
+    from fracture_al.detection.plots import draw_overlay
+    from fracture_al.detection.predictor import Predictor
+    from fracture_al.integrations.task_predictions import display_threshold
+
+    predictor = Predictor.from_version(version, device)
+    threshold = display_threshold(threshold, settings.predict_score_threshold, predictor.operating_threshold)
+
+    def predict_one(image, overlay: Path | None) -> dict[str, Any]:
+        raw = predictor.predict([image])[0]
+        prediction = raw.above(threshold)
+        # The X-ray's score is its best box's, shown or not: a fracture scored 0.4 is not "0.000".
+        entry = {**prediction.to_dict(), "image_score": raw.image_score, "probability": raw.image_score}
+        if overlay is not None:
+            entry["overlay"] = str(draw_overlay(image, prediction.boxes, prediction.scores, overlay,
+                                                score_threshold=threshold))  # fmt: skip
+        return entry
+
+    return predict_one, threshold
+
+
+def _mask_runner(version, device, threshold: float | None, settings):
+    """``(image, overlay path or None) -> result`` for a segmenter or classifier."""
+    from fracture_al.detection.mask_predictor import MaskPredictor
+    from fracture_al.detection.plots import plot_mask_grid
+
+    predictor = MaskPredictor.from_version(version, device)
+    threshold = threshold if threshold is not None else predictor.threshold
+
+    def predict_one(image, overlay: Path | None) -> dict[str, Any]:
+        prediction = predictor.predict([image])[0]
+        mask = prediction.mask(threshold)
+        entry = {"probability": prediction.probability, "fracture": prediction.probability >= threshold,
+                 "mask_pixels": int(mask.sum()) if mask is not None else None, "detections": []}  # fmt: skip
+        if overlay is not None:
+            entry["overlay"] = str(plot_mask_grid([(image, None, prediction.probabilities, prediction.probability)],
+                                                  overlay, threshold=threshold, columns=1))  # fmt: skip
+        return entry
+
+    return predict_one, threshold
 
 
 # Model store ----------------------------------------------------------------------------------------
@@ -240,19 +338,18 @@ def models() -> None:
 @click.pass_context
 def models_list(context: click.Context, as_json: bool) -> None:
     store = model_store(settings_of(context))
-    current = store.current_name()
     rows = [
-        {"version": v.name, "current": v.name == current, **_headline(v.metrics),
+        {"version": v.name, "task": v.task, "current": v.name == store.current_name(v.task), **_headline(v.metrics),
          "source": v.provenance.get("source", "trained"), "gate": (v.provenance.get("gate") or {}).get("reason")}
         for v in store.list()
     ]  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table("version", "current", "source", "test mAP@50", "test mAP@75", "test AUROC", "val mAP@50", "gate",
-                  title=str(store.root))  # fmt: skip
+    table = Table("version", "task", "current", "source", "test mAP@50", "test mAP@75", "test AUROC", "val mAP@50",
+                  "gate", title=str(store.root))  # fmt: skip
     for row in rows:
-        table.add_row(row["version"], "*" if row["current"] else "", row["source"],
+        table.add_row(row["version"], row["task"], "*" if row["current"] else "", row["source"],
                       *(fmt(row[k]) for k in _HEADLINE), row["gate"] or "")  # fmt: skip
     console.print(table)
 
@@ -359,15 +456,21 @@ def _print_provenance(provenance: dict[str, Any]) -> None:
             console.print(f"{key}: {value}")
 
 
-_METRIC_KEYS = ("mAP", "mAP50", "mAP75", "AR100", "accuracy", "sensitivity", "specificity", "auroc")
+_METRIC_KEYS = ("mAP", "mAP50", "mAP75", "AR100", "dice_fractured", "jaccard_fractured", "dice_all", "jaccard_all",
+                "pixel_accuracy", "accuracy", "sensitivity", "specificity", "auroc")  # fmt: skip
 
 
 def _predictions_table(results: list[dict[str, Any]], threshold: float) -> Table:
-    table = Table("image", "label", "score", "box (x1, y1, x2, y2) px",
-                  title=f"fracture detections (boxes scoring at least {threshold:.2f})")  # fmt: skip
+    table = Table("image", "label", "score", "box (x1, y1, x2, y2) px / mask",
+                  title=f"fractures found (threshold {threshold:.2f})")  # fmt: skip
     for result in results:
         if "error" in result:
             table.add_row(result["image"], "[red]error[/]", "", result["error"])
+        elif result.get("task", "detection") != "detection":
+            label = "fracture" if result["fracture"] else "no fracture"
+            pixels = result["mask_pixels"]
+            table.add_row(result["image"], label, f"{result['probability']:.3f}",
+                          f"{pixels} pixels" if pixels is not None else "")  # fmt: skip
         elif not result["detections"]:
             table.add_row(result["image"], "none", f"{result['image_score']:.3f}", "")
         for detection in result.get("detections", []):

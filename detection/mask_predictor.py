@@ -1,0 +1,78 @@
+"""Running a segmentation or classification version on X-rays: what the backend, the scoring jobs
+and ``fracture-al predict`` need, without the training stack (detection/mask_training.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2 as T
+
+from fracture_al.detection.mask_models import MaskModelConfig
+from fracture_al.detection.shipped_model import verify_version
+from fracture_al.detection.store import ModelVersion, load_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_transforms(image_size: int) -> list:
+    """Resize to the network's square and normalise as the ImageNet checkpoints expect."""
+    return [
+        T.Resize((image_size, image_size), antialias=True),
+        T.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.float32, "others": None}, scale=True),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.ToPureTensor(),
+    ]
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    probabilities: np.ndarray | None  # per pixel, at the X-ray's own size; None for a classifier
+    probability: float  # the X-ray's: a classifier's output, or the highest pixel probability
+
+    def mask(self, threshold: float) -> np.ndarray | None:
+        return None if self.probabilities is None else self.probabilities >= threshold
+
+
+class MaskPredictor:
+    def __init__(self, model: torch.nn.Module, config: MaskModelConfig, device: torch.device, version: str,
+                 threshold: float = 0.5):  # fmt: skip
+        self.model = model.to(device).eval()
+        self.config = config
+        self.device = device
+        self.version = version
+        self.threshold = threshold
+        self.transform = T.Compose(input_transforms(config.image_size))
+
+    @classmethod
+    def from_version(cls, version: ModelVersion, device: torch.device) -> MaskPredictor:
+        verify_version(version)
+        model, config = load_model(version.weights_path, device)
+        if not isinstance(config, MaskModelConfig):
+            raise ValueError(f"{version.name} is a {version.task} model, not a segmentation or classification one")
+        return cls(model, config, device, version.name)
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[Image.Image], *, batch_size: int = 8) -> list[MaskPrediction]:
+        results: list[MaskPrediction] = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            tensors = torch.stack([self.transform(tv_tensors.Image(T.functional.pil_to_tensor(image.convert("RGB"))))
+                                   for image in batch]).to(self.device)  # fmt: skip
+            output = torch.sigmoid(self.model(tensors).float())
+            for image, item in zip(batch, output, strict=True):
+                results.append(self._to_prediction(image, item))
+        return results
+
+    def _to_prediction(self, image: Image.Image, output: torch.Tensor) -> MaskPrediction:
+        if output.dim() == 1:  # a classifier's (1,)
+            return MaskPrediction(None, float(output[0]))
+        full = F.interpolate(output[None], size=(image.height, image.width), mode="bilinear", align_corners=False)
+        probabilities = full[0, 0].cpu().numpy()
+        return MaskPrediction(probabilities, float(probabilities.max(initial=0.0)))
