@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
 Polygon = list[float]  # x1, y1, x2, y2, ... in pixels
 
@@ -31,6 +30,8 @@ def polygons_to_mask(polygons: Sequence[Polygon], height: int, width: int) -> np
     """A ``height x width`` boolean mask: True where a pixel's centre lies inside any polygon."""
     if not polygons:
         return np.zeros((height, width), dtype=bool)
+    from pycocotools import mask as coco_mask  # imported here: the backend loads this module, not pycocotools
+
     encoded = coco_mask.frPyObjects([list(p) for p in polygons], height, width)
     return coco_mask.decode(coco_mask.merge(encoded)).astype(bool)
 

@@ -43,7 +43,19 @@ def rectangle_target(label_config: str, class_names: Sequence[str]) -> Rectangle
     except Exception as error:  # lxml and the SDK raise many types for malformed XML
         raise LabelConfigError(f"labelling config cannot be parsed ({error})") from error
     control = interface.get_control(from_name)
+    label_of_class = labels_of_classes(control, class_names)
+    threshold = control.attr.get("model_score_threshold")
+    try:
+        score_threshold = float(threshold) if threshold is not None else None
+    except ValueError:
+        raise LabelConfigError(f"model_score_threshold={threshold!r} is not a number") from None
+    return RectangleTarget(from_name, to_name, value_key, label_of_class, score_threshold)
 
+
+def labels_of_classes(control, class_names: Sequence[str], *, warn: bool = True) -> dict[str, str]:
+    """Model class -> the control's label (or choice) value: a label takes the classes listed in its
+    ``predicted_values`` attribute (comma-separated), else the class whose name equals its value
+    (case-insensitive). Unmapped classes are dropped."""
     label_of_class: dict[str, str] = {}
     for label, tag in (control.labels_attrs or {}).items():
         predicted = tag.attr.get("predicted_values")
@@ -52,15 +64,84 @@ def rectangle_target(label_config: str, class_names: Sequence[str]) -> Rectangle
             if class_name.lower() in {source.lower() for source in sources}:
                 label_of_class.setdefault(class_name, label)
     unmapped = set(class_names) - set(label_of_class)
-    if unmapped:
-        log.warning("model classes %s match no label of control %r", sorted(unmapped), from_name)
+    if unmapped and warn:
+        log.warning("model classes %s match no label of control %r", sorted(unmapped), control.name)
+    return label_of_class
 
-    threshold = control.attr.get("model_score_threshold")
+
+FRACTURE = "fracture"
+# What a Choices control's "no fracture" option may be called (or list in `predicted_values`).
+HEALTHY_NAMES = ("no_fracture", "no fracture", "healthy", "normal")
+MASK_CONTROLS = {"BrushLabels": "brush", "PolygonLabels": "polygon"}
+
+
+@dataclass(frozen=True)
+class MaskTarget:
+    """Where a segmenter's fracture mask goes: a BrushLabels (RLE) or PolygonLabels control."""
+
+    kind: str  # "brush" or "polygon"
+    from_name: str
+    to_name: str
+    value_key: str
+    label: str  # the control's label for fractures
+
+
+@dataclass(frozen=True)
+class ChoiceTarget:
+    """Where the X-ray's fracture / no fracture call goes: a Choices control on the image."""
+
+    from_name: str
+    to_name: str
+    value_key: str
+    fracture: str
+    healthy: str | None
+
+
+def _interface(label_config: str) -> LabelInterface:
     try:
-        score_threshold = float(threshold) if threshold is not None else None
-    except ValueError:
-        raise LabelConfigError(f"model_score_threshold={threshold!r} is not a number") from None
-    return RectangleTarget(from_name, to_name, value_key, label_of_class, score_threshold)
+        return LabelInterface(label_config)
+    except Exception as error:  # lxml and the SDK raise many types for malformed XML
+        raise LabelConfigError(f"labelling config cannot be parsed ({error})") from error
+
+
+def _image_controls(interface: LabelInterface, tag: str):
+    """``(control, image name, data key)`` for every control of this tag that labels an Image."""
+    for control in interface.controls:
+        if control.tag != tag:
+            continue
+        for name in control.to_name or []:
+            try:
+                image = interface.get_object(name)
+            except Exception:  # the SDK raises a bare exception for an unknown name
+                continue
+            if image.tag == "Image":
+                yield control, name, image.value_name
+                break
+
+
+@lru_cache(maxsize=32)
+def mask_targets(label_config: str) -> tuple[MaskTarget, ...]:
+    """Every BrushLabels and PolygonLabels control on an Image that has a label for fractures."""
+    interface = _interface(label_config)
+    targets = []
+    for tag, kind in MASK_CONTROLS.items():
+        for control, image, key in _image_controls(interface, tag):
+            label = labels_of_classes(control, (FRACTURE,)).get(FRACTURE)
+            if label is not None:
+                targets.append(MaskTarget(kind, control.name, image, key, label))
+    return tuple(targets)
+
+
+@lru_cache(maxsize=32)
+def choice_target(label_config: str) -> ChoiceTarget | None:
+    """The first Choices control on an Image with a choice for fractures, if any."""
+    interface = _interface(label_config)
+    for control, image, key in _image_controls(interface, "Choices"):
+        fracture = labels_of_classes(control, (FRACTURE,)).get(FRACTURE)
+        if fracture is not None:
+            healthy = next(iter(labels_of_classes(control, HEALTHY_NAMES, warn=False).values()), None)
+            return ChoiceTarget(control.name, image, key, fracture, healthy)
+    return None
 
 
 # The labelling config `fracture-al up` gives new projects: boxes for fractures on one X-ray.
