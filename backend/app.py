@@ -2,7 +2,8 @@
 
 Speaks the protocol Label Studio 1.23 uses (observed against 1.23.2 and covered by the end-to-end tests):
 ``GET /health`` and ``/``, ``POST /setup``, ``POST /predict``, ``POST /webhook``. It predicts with
-the model store's current version and never trains; webhook events go to an :class:`EventSink`,
+the model store's current version of each task the labelling config asks for (boxes, masks, the
+X-ray's call; backend/pre_annotations.py) and never trains; webhook events go to an :class:`EventSink`,
 by default the retrain trigger that queues jobs for the RQ workers.
 """
 
@@ -18,10 +19,11 @@ from flask import Flask, Response, jsonify, request
 from redis import Redis
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from fracture_al.backend.pre_annotations import PreAnnotator
 from fracture_al.backend.served_model import ServedModel
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.shipped_model import open_store
-from fracture_al.detection.store import ModelStoreError
+from fracture_al.detection.store import DETECTION, ModelStoreError
 from fracture_al.integrations.image_source import (
     ImageFetchError,
     ImageSource,
@@ -30,6 +32,7 @@ from fracture_al.integrations.image_source import (
     redact_url,
 )
 from fracture_al.integrations.label_config import LabelConfigError
+from fracture_al.integrations.mask_predictions import MaskTaskPredictor
 from fracture_al.integrations.task_predictions import TaskPredictor
 from fracture_al.settings import Settings
 from fracture_al.worker.connection import connect
@@ -53,7 +56,8 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     settings = settings or Settings()
     app = Flask(__name__)
     app.json.sort_keys = False
-    served = ServedModel(open_store(settings.models_dir), choose_device(settings.device))
+    store, device = open_store(settings.models_dir), choose_device(settings.device)
+    served = {task: ServedModel(store, device, task) for task in (DETECTION, "segmentation", "classification")}
 
     # Tasks the workers already scored for the served version are answered from their results;
     # that needs the deployment's shared Redis (REDIS_URL, which `fracture-al up` passes on).
@@ -61,7 +65,9 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
         return connect(settings.redis_url, settings.redis_file, timeout=WEBHOOK_REDIS_TIMEOUT_SECONDS)
 
     scored = ScoredPredictions(redis, settings.queue_prefix) if settings.redis_url else None
-    service = TaskPredictor.create(ImageSource(**settings.image_fetching), **settings.task_predicting, cache=scored)
+    images = ImageSource(**settings.image_fetching)
+    annotator = PreAnnotator(served, TaskPredictor.create(images, **settings.task_predicting, cache=scored),
+                             MaskTaskPredictor(images, settings.predict_batch_size))  # fmt: skip
     api_key = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
     projects = ProjectRegistry(settings.label_studio_url, api_key)
     # Predictions may wait on slow image hosts and on the model; one thread is always kept for the
@@ -95,7 +101,7 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
     @app.get("/")
     @app.get("/health")
     def health() -> Response:
-        return jsonify(status="UP", model_class="FractureFasterRCNN", model_version=served.version)
+        return jsonify(status="UP", model_class="FractureFasterRCNN", model_version=served[DETECTION].version)
 
     @app.post("/setup")
     def setup() -> Response:
@@ -103,7 +109,13 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
         project = _project_id(body.get("project"))
         schema, hostname, token = _setup_fields(body)
         projects.remember(project, schema=schema, hostname=hostname, token=token)
-        return jsonify(model_version=_served_version(served))
+        schema = projects.schema(project)
+        try:
+            return jsonify(model_version=annotator.version(schema) if schema else _served_version(served[DETECTION]))
+        except LabelConfigError:  # said at /predict, with the reason; connecting the backend still works
+            return jsonify(model_version=_served_version(served[DETECTION]))
+        except ModelStoreError as error:
+            return _error(503, str(error))
 
     @app.post("/predict")
     def predict() -> Response:
@@ -122,8 +134,7 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
         if not prediction_slots.acquire(blocking=False):
             return _too_busy()
         try:
-            predictor = served.predictor()
-            predictions = service.predict(tasks, label_config, predictor, projects.connection(project))
+            predictions, version = annotator.predict(tasks, label_config, projects.connection(project))
         except LabelConfigError as error:
             raise BadRequest(str(error)) from None
         except ModelStoreError as error:
@@ -131,7 +142,7 @@ def create_app(settings: Settings | None = None, *, event_sink: EventSink | None
         finally:
             prediction_slots.release()
         # A task whose image failed still gets its (empty) result: Label Studio wants one per task.
-        return jsonify(results=[p.to_label_studio() for p in predictions], model_version=predictor.version)
+        return jsonify(results=[p.to_label_studio() for p in predictions], model_version=version)
 
     @app.post("/webhook")
     def webhook() -> Response:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from fracture_al.detection.masks import mask_to_polygons, polygons_to_mask
 from fracture_al.integrations.label_config import ChoiceTarget, MaskTarget
@@ -23,6 +22,8 @@ def _common(target: MaskTarget | ChoiceTarget, width: int, height: int) -> dict[
 
 def brush_region(mask: np.ndarray, target: MaskTarget, score: float) -> dict[str, Any]:
     """The whole fracture mask as one brush region."""
+    from label_studio_sdk.converter.brush import mask2rle  # the SDK's converters import NLTK and scikit-learn
+
     height, width = mask.shape
     rle = mask2rle(np.where(mask, 255, 0).astype(np.uint8))
     return {**_common(target, width, height), "type": "brushlabels", "score": round(float(score), 4),
@@ -52,6 +53,8 @@ def choice_region(probability: float, target: ChoiceTarget, threshold: float, wi
 
 def brush_to_mask(value: dict[str, Any], width: int, height: int) -> np.ndarray:
     """The pixels a brush region's RLE marks, as a boolean (height, width) mask."""
+    from label_studio_sdk.converter.brush import decode_rle
+
     layers = np.asarray(decode_rle(value["rle"]), dtype=np.uint8)
     return layers.reshape(height, width, 4)[:, :, 3] > 0
 

@@ -296,3 +296,68 @@ def test_the_backend_does_not_load_the_training_stack() -> None:
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert loaded == "[]"
+
+
+MASK_CONFIG = """<View>
+  <Image name="xray" value="$image"/>
+  <BrushLabels name="mask" toName="xray"><Label value="Fracture"/></BrushLabels>
+  <Choices name="call" toName="xray"><Choice value="Fracture"/><Choice value="Normal"/></Choices>
+</View>"""
+
+
+def publish_segmenter(home: Path, sample_dir: Path) -> str:
+    """A U-Net trained for one epoch, its head biased so that it marks every pixel: a mask whose
+    every pixel the brush region must carry."""
+    import torch
+
+    from fracture_al.detection.mask_models import MaskModelConfig
+    from fracture_al.detection.mask_training import MaskTrainConfig, fit_masks
+    from fracture_al.detection.training import load_splits
+    from fracture_al.detection.versioning import publish_mask_outcome
+
+    splits = load_splits(sample_dir)
+    outcome = fit_masks(MaskModelConfig("segmentation", "unet", image_size=64), MaskTrainConfig(epochs=1),
+                        splits["train"], None, home / "runs" / "unet", device=torch.device("cpu"))  # fmt: skip
+    with torch.no_grad():
+        outcome.model.segmentation_head[0].bias.fill_(20.0)
+    return publish_mask_outcome(ModelStore(home / "models"), outcome, test_split=None, data_sources={},
+                                device=torch.device("cpu")).name  # fmt: skip
+
+
+@pytest.mark.slow
+def test_masks_and_the_call_come_from_the_segmenter_beside_the_detector_s_boxes(
+    home: Path, sample_dir: Path
+) -> None:
+    from fracture_al.integrations.mask_regions import brush_to_mask
+
+    image = sorted((sample_dir / "images").glob("*.jpg"))[0]
+    task = {"id": 1, "data": {"image": image.name}}
+    client = client_for(home, local_image_root=sample_dir / "images")
+    brush_only = MASK_CONFIG.replace('<Choice value="Fracture"/><Choice value="Normal"/>', "").replace(
+        '<Choices name="call" toName="xray"></Choices>', "")  # fmt: skip
+    reply = client.post("/predict", json={"tasks": [task], "project": "1.1", "label_config": brush_only})
+    assert reply.status_code == 503 and "train --task segmentation" in reply.json["error"]
+    # Without a segmenter the call still comes, from the detector's best box score.
+    reply = client.post("/predict", json={"tasks": [task], "project": "1.1", "label_config": MASK_CONFIG})
+    assert reply.json["model_version"] == "v0001"
+    assert [r["type"] for r in reply.json["results"][0]["result"]] == ["choices"]
+
+    segmenter = publish_segmenter(home, sample_dir)
+    assert client.post("/setup", json={"project": "1.1", "schema": MASK_CONFIG}).json["model_version"] == segmenter
+    reply = client.post("/predict", json={"tasks": [task], "project": "1.1", "label_config": MASK_CONFIG})
+    assert reply.status_code == 200, reply.json
+    [result] = reply.json["results"]
+    assert result["model_version"] == segmenter
+    brush = [r for r in result["result"] if r["type"] == "brushlabels"]
+    call = [r for r in result["result"] if r["type"] == "choices"]
+    assert len(brush) == 1 and brush[0]["value"]["brushlabels"] == ["Fracture"]
+    width, height = brush[0]["original_width"], brush[0]["original_height"]
+    assert brush_to_mask(brush[0]["value"], width, height).all()  # every pixel, as the biased head says
+    assert call[0]["value"] == {"choices": ["Fracture"]} and call[0]["score"] > 0.99
+
+    both = MASK_CONFIG.replace("</View>", '<RectangleLabels name="box" toName="xray" model_score_threshold="0">'
+                                          '<Label value="Fracture"/></RectangleLabels></View>')  # fmt: skip
+    reply = client.post("/predict", json={"tasks": [task], "project": "2.1", "label_config": both})
+    [result] = reply.json["results"]
+    assert result["model_version"] == f"v0001+{segmenter}" == reply.json["model_version"]
+    assert {r["type"] for r in result["result"]} == {"rectanglelabels", "brushlabels", "choices"}
