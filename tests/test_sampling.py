@@ -182,3 +182,28 @@ def test_queue_by_cald_ranks_low_consistency_first() -> None:
     assert [e.uncertainty for e in queue] == pytest.approx([0.85, 0.6, 0.35])
     with pytest.raises(ValueError, match="without test-time augmentation"):
         rank_tasks([_signals(1, [0.9], instability=0.2)], uncertainty="cald")
+
+
+def test_mask_uncertainty_on_built_maps() -> None:
+    from fracture_al.sampling.uncertainty import mask_dice, mask_uncertainty
+
+    confident = np.zeros((8, 8))
+    confident[2:4, 2:4] = 0.99  # a sure fracture, the rest sure background
+    hesitant = np.zeros((8, 8))
+    hesitant[2:4, 2:4] = 0.5  # a fracture at even odds: entropy 1 bit in the region
+    faint = np.full((8, 8), 0.01)
+    faint[5, 5] = 0.3  # nothing reaches 0.5: the best guess is the region
+    assert mask_uncertainty(hesitant) == pytest.approx(1.0)
+    assert mask_uncertainty(confident) == pytest.approx(float(binary_entropy(np.array([0.99]))[0]))
+    assert mask_uncertainty(faint) == pytest.approx(float(binary_entropy(np.array([0.3]))[0]))
+    assert mask_uncertainty(np.zeros((4, 4))) == 0.0  # nothing anywhere: a confident healthy X-ray
+    ranking = sorted({"confident": confident, "hesitant": hesitant, "faint": faint}.items(),
+                     key=lambda item: -mask_uncertainty(item[1]))  # fmt: skip
+    assert [name for name, _ in ranking] == ["hesitant", "faint", "confident"]
+    # Test-time augmentation: the same map flipped back agrees (Dice 1); a map that moves does not.
+    moved = np.zeros((8, 8))
+    moved[5:7, 5:7] = 0.99
+    assert mask_dice(confident > 0.5, confident > 0.5) == 1.0 and mask_dice(confident > 0.5, moved > 0.5) == 0.0
+    assert mask_dice(hesitant > 0.9, hesitant > 0.9) == 1.0  # both empty: they agree
+    assert mask_uncertainty(confident, confident) == pytest.approx(mask_uncertainty(confident) / 2)
+    assert mask_uncertainty(confident, moved) == pytest.approx((mask_uncertainty(confident) + 1.0) / 2)
