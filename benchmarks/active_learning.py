@@ -68,6 +68,7 @@ ACQUISITIONS: dict[str, tuple[Uncertainty, Strategy] | None] = {
     "margin": ("margin", "uncertainty"),
     "tta": ("tta", "uncertainty"),
     "cald": ("cald", "uncertainty"),
+    "hard_negative": ("hard_negative", "uncertainty"),
     "entropy_k_center": ("entropy", "k_center"),
 }
 IMAGE_THRESHOLD = 0.5

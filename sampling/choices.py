@@ -2,6 +2,6 @@
 
 from typing import Literal
 
-Uncertainty = Literal["least_confidence", "entropy", "margin", "tta", "cald"]
+Uncertainty = Literal["least_confidence", "entropy", "margin", "tta", "cald", "hard_negative"]
 Aggregation = Literal["max", "mean", "sum"]
 Strategy = Literal["uncertainty", "k_center", "kmeans_pp"]

@@ -49,10 +49,21 @@ def margin(scores: np.ndarray) -> np.ndarray:
     return 1.0 - np.abs(2.0 * p - 1.0)
 
 
+def firing(scores: np.ndarray) -> np.ndarray:
+    """p per box: not an uncertainty but the model's own confidence, so that the X-rays where it
+    fires hardest come first. On a healthy X-ray such a box is a hard negative, the false positive
+    that teaches a detector most once labelled (Shrivastava, Gupta & Girshick, "Training
+    Region-based Object Detectors with Online Hard Example Mining", CVPR 2016); on a fractured one,
+    annotators confirm or correct it.
+    """
+    return np.asarray(scores, dtype=float)
+
+
 BOX_UNCERTAINTY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "least_confidence": least_confidence,
     "entropy": binary_entropy,
     "margin": margin,
+    "hard_negative": firing,
 }
 
 

@@ -207,3 +207,12 @@ def test_mask_uncertainty_on_built_maps() -> None:
     assert mask_dice(hesitant > 0.9, hesitant > 0.9) == 1.0  # both empty: they agree
     assert mask_uncertainty(confident, confident) == pytest.approx(mask_uncertainty(confident) / 2)
     assert mask_uncertainty(confident, moved) == pytest.approx((mask_uncertainty(confident) + 1.0) / 2)
+
+
+def test_hard_negative_priority_puts_the_x_rays_where_the_model_fires_first() -> None:
+    from fracture_al.sampling.queue import rank_tasks
+
+    signals = [_signals(1, [0.2, 0.1]), _signals(2, [0.95]), _signals(3, []), _signals(4, [0.6, 0.55])]
+    queue = rank_tasks(signals, uncertainty="hard_negative", strategy="uncertainty")
+    assert [e.task_id for e in queue] == [2, 4, 1, 3]
+    assert [e.uncertainty for e in queue] == pytest.approx([0.95, 0.6, 0.2, 0.0])
