@@ -7,6 +7,7 @@ its points in percent of the image; a choice region the X-ray's class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -63,3 +64,20 @@ def polygon_to_mask(value: dict[str, Any], width: int, height: int) -> np.ndarra
     """The pixels whose centres a polygon region encloses (detection.masks.polygons_to_mask)."""
     flat = [coordinate for x, y in value["points"] for coordinate in (x * width / 100.0, y * height / 100.0)]
     return polygons_to_mask([flat], height, width)
+
+
+def annotation_mask(annotation: dict[str, Any], targets: Sequence[MaskTarget], width: int, height: int) -> np.ndarray:
+    """The fracture mask an annotation draws: the union of its brush strokes and outlines made with
+    the targets' controls and fracture labels (what a retrain trains a segmenter on)."""
+    mask = np.zeros((height, width), dtype=bool)
+    wanted = {(t.from_name, t.label) for t in targets}
+    for region in annotation.get("result", []):
+        value = region.get("value", {})
+        labels = value.get("brushlabels") or value.get("polygonlabels") or []
+        if not any((region.get("from_name"), label) in wanted for label in labels):
+            continue
+        if region.get("type") == "brushlabels" and value.get("rle"):
+            mask |= brush_to_mask(value, width, height)
+        elif region.get("type") == "polygonlabels" and len(value.get("points", [])) >= 3:
+            mask |= polygon_to_mask(value, width, height)
+    return mask

@@ -7,6 +7,7 @@ import pytest
 
 from fracture_al.integrations.label_config import LabelConfigError, choice_target, mask_targets
 from fracture_al.integrations.mask_regions import (
+    annotation_mask,
     brush_region,
     brush_to_mask,
     choice_region,
@@ -73,3 +74,16 @@ def test_the_call_goes_to_the_fracture_or_the_healthy_choice() -> None:
     assert choice_region(0.2, target, 0.5, 40, 30)["value"] == {"choices": ["Normal"]}
     only_fracture = choice_target(CONFIG.replace('<Choice value="Normal"/>', ""))
     assert choice_region(0.2, only_fracture, 0.5, 40, 30) is None
+
+
+def test_an_annotation_s_brush_strokes_and_outlines_make_one_mask() -> None:
+    brush, outline = mask_targets(CONFIG)
+    stroke, drawn = np.zeros((30, 40), dtype=bool), np.zeros((30, 40), dtype=bool)
+    stroke[5:20, 4:8] = True
+    drawn[2:9, 30:38] = True
+    result = [brush_region(stroke, brush, 1.0), *polygon_regions(drawn, outline, 1.0, tolerance=0.0)]
+    other = brush_region(np.ones((30, 40), dtype=bool), brush, 1.0)
+    other["value"]["brushlabels"] = ["Cast"]  # another label of the same control: not a fracture
+    annotation = {"result": [*result, other, {"type": "choices", "value": {"choices": ["Fracture"]}}]}
+    assert (annotation_mask(annotation, [brush, outline], 40, 30) == (stroke | drawn)).all()
+    assert not annotation_mask({"result": []}, [brush, outline], 40, 30).any()
