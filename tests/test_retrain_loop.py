@@ -165,8 +165,10 @@ def test_annotations_retrain_publish_and_refresh_predictions(
         assert sorted(r["image_id"] for r in provenance["trained_on"]) == [t.id for t in tasks[:4]]
         assert [r["image_id"] for r in provenance["validated_on"]] == [tasks[4].id]
         assert all(len(r["sha256"]) == 64 and r["annotation_id"] for r in provenance["trained_on"])
-        # The retrain left the queue's report in the project, where the team looks.
-        assert "Review queue: not measured yet" in client.projects.get(id=project_id).description
+        # The retrain leaves the queue's report in the project, where the team looks (just after
+        # publishing, so it may land a moment after the new version is served).
+        wait_until(lambda: "Review queue: not measured yet" in (client.projects.get(id=project_id).description or ""),
+                   60, "the queue report in the project's description")  # fmt: skip
         assert (home / "reports" / f"project-{project_id}" / "report.json").is_file()
 
         unlabelled = tasks[5:]
