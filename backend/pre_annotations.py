@@ -16,8 +16,8 @@ from fracture_al.integrations.label_config import (
     LabelConfigError,
     MaskTarget,
     choice_target,
+    has_rectangles,
     mask_targets,
-    rectangle_target,
 )
 from fracture_al.integrations.mask_predictions import MaskTaskPredictor
 from fracture_al.integrations.task_predictions import TaskPrediction, TaskPredictor
@@ -32,13 +32,9 @@ class Asked:
     choice: ChoiceTarget | None
 
 
-def asked_by(label_config: str, detector_classes: tuple[str, ...]) -> Asked:
-    masks, choice = mask_targets(label_config), choice_target(label_config)  # these raise for broken XML
-    try:
-        rectangle_target(label_config, detector_classes)
-        boxes = True
-    except LabelConfigError:
-        boxes = False
+def asked_by(label_config: str) -> Asked:
+    """Raises LabelConfigError for a config that cannot be parsed or asks for nothing fracture-al draws."""
+    boxes, masks, choice = has_rectangles(label_config), mask_targets(label_config), choice_target(label_config)
     if not (boxes or masks or choice):
         raise LabelConfigError("labelling config has no RectangleLabels, BrushLabels, PolygonLabels or Choices "
                                "control on an Image for fractures")  # fmt: skip
@@ -64,26 +60,21 @@ class PreAnnotator:
 
     def version(self, label_config: str) -> str:
         """The model versions that answer this config, e.g. ``v0001`` or ``v0001+v0004``."""
-        asked = asked_by(label_config, self._detector_classes())
-        serving = self._serving(asked)
+        return self._versions(self._serving(asked_by(label_config)))
+
+    def _versions(self, serving: dict[str, bool]) -> str:
         versions = [self.served[task].version for task, used in serving.items() if used]
         if None in versions:
             raise ModelStoreError("no model has been published yet: run `fracture-al train` first")
         return "+".join(versions)
 
-    def _detector_classes(self) -> tuple[str, ...]:
-        version = self.served["detection"].version
-        if version is None:
-            return ("fracture",)
-        return tuple(self.served["detection"].store.get(version).model_config.class_names)
-
     def predict(
         self, tasks: list[dict[str, Any]], label_config: str, connection: LabelStudioConnection | None
     ) -> tuple[list[TaskPrediction], str]:
         """One prediction per task, in order, and the model version string they carry."""
-        asked = asked_by(label_config, self._detector_classes())
+        asked = asked_by(label_config)
         serving = self._serving(asked)
-        version = self.version(label_config)
+        version = self._versions(serving)
         predictors = {task: self.served[task].predictor() for task, used in serving.items() if used}
         detector = predictors.get("detection")
         boxed = self.boxes.predict(tasks, label_config, detector, connection) if asked.boxes else None

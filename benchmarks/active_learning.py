@@ -124,7 +124,8 @@ def queue_order(
     if ACQUISITIONS[acquisition] is None:
         return [candidates[i] for i in random_order(len(candidates), seed)]
     uncertainty, strategy = ACQUISITIONS[acquisition]
-    mine = [s for s in signals if s.task_id in set(candidates)]
+    wanted = set(candidates)
+    mine = [s for s in signals if s.task_id in wanted]
     queue = rank_tasks(mine, uncertainty=uncertainty, strategy=strategy, batch_size=batch, seed=seed)
     return [entry.task_id for entry in queue]
 

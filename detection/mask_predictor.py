@@ -31,6 +31,23 @@ def input_transforms(image_size: int) -> list:
     ]
 
 
+@torch.inference_mode()
+def predict_probabilities(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Per network input: the fracture probability map (B, S, S; None for a classifier) and the
+    X-ray's fracture probability (B,): a classifier's output, or a segmenter's highest pixel one."""
+    output = torch.sigmoid(model(images).float())
+    if output.dim() == 2:  # a classifier: (B, 1)
+        return None, output[:, 0]
+    maps = output[:, 0]
+    return maps, maps.flatten(1).amax(dim=1)
+
+
+def at_size(probabilities: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A network's (S, S) probability map scaled back to an X-ray's (height, width)."""
+    full = F.interpolate(probabilities[None, None], size=size, mode="bilinear", align_corners=False)
+    return full[0, 0].cpu().numpy()
+
+
 @dataclass(frozen=True)
 class MaskPrediction:
     probabilities: np.ndarray | None  # per pixel, at the X-ray's own size; None for a classifier
@@ -65,14 +82,11 @@ class MaskPredictor:
             batch = images[start : start + batch_size]
             tensors = torch.stack([self.transform(tv_tensors.Image(T.functional.pil_to_tensor(image.convert("RGB"))))
                                    for image in batch]).to(self.device)  # fmt: skip
-            output = torch.sigmoid(self.model(tensors).float())
-            for image, item in zip(batch, output, strict=True):
-                results.append(self._to_prediction(image, item))
+            maps, probabilities = predict_probabilities(self.model, tensors)
+            for index, image in enumerate(batch):
+                if maps is None:
+                    results.append(MaskPrediction(None, float(probabilities[index])))
+                    continue
+                full = at_size(maps[index], (image.height, image.width))
+                results.append(MaskPrediction(full, float(full.max(initial=0.0))))
         return results
-
-    def _to_prediction(self, image: Image.Image, output: torch.Tensor) -> MaskPrediction:
-        if output.dim() == 1:  # a classifier's (1,)
-            return MaskPrediction(None, float(output[0]))
-        full = F.interpolate(output[None], size=(image.height, image.width), mode="bilinear", align_corners=False)
-        probabilities = full[0, 0].cpu().numpy()
-        return MaskPrediction(probabilities, float(probabilities.max(initial=0.0)))

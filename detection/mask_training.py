@@ -11,7 +11,6 @@ the image-level classifiers.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,10 +26,10 @@ from tqdm import tqdm
 from fracture_al.detection.mask_data import MaskDataset
 from fracture_al.detection.mask_metrics import MaskScores, mask_metrics, score_mask
 from fracture_al.detection.mask_models import MaskModelConfig, architecture, build_mask_model
-from fracture_al.detection.training import DataSplit, seed_everything
+from fracture_al.detection.mask_predictor import at_size, predict_probabilities
+from fracture_al.detection.training import CHECKPOINT_FILE, DataSplit, cpu_copy, save_checkpoint, seed_everything
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -141,9 +140,8 @@ def fit_masks(
         epochs.append(summary)
         chosen = summary.get(train_config.select_on) if train_config.select_on else None
         if chosen is not None and chosen > best["value"]:
-            best = {"epoch": epoch, "value": chosen,
-                    "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}  # fmt: skip
-        _save_checkpoint(checkpoint, model, optimizer, scheduler, epoch, iterations, epochs, best)
+            best = {"epoch": epoch, "value": chosen, "state": cpu_copy(model)}
+        save_checkpoint(checkpoint, model, optimizer, scheduler, epoch, iterations, epochs, best)
         if on_epoch is not None:
             on_epoch(summary)
         if deadline is not None and time.monotonic() >= deadline:
@@ -153,24 +151,6 @@ def fit_masks(
         model.load_state_dict(best["state"])
     return MaskTrainingOutcome(model.eval(), model_config, train_config, iterations, epochs, best["epoch"],
                                time.monotonic() - started, images_seen)  # fmt: skip
-
-
-def _save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, iterations, epochs, best) -> None:
-    temporary = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "iterations": iterations, "epochs": epochs, "best": best}, temporary)  # fmt: skip
-    os.replace(temporary, path)  # a kill mid-save leaves the previous checkpoint
-
-
-@torch.inference_mode()
-def predict_probabilities(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per input: the fracture probability map (B, S, S; empty for a classifier) and the X-ray's
-    fracture probability (B,): a classifier's output, or a segmenter's highest pixel probability."""
-    output = torch.sigmoid(model(images).float())
-    if output.dim() == 2:  # a classifier: (B, 1)
-        return torch.zeros((len(images), 0, 0)), output[:, 0]
-    maps = output[:, 0]
-    return maps, maps.flatten(1).amax(dim=1)
 
 
 def evaluate_masks(
@@ -192,10 +172,9 @@ def evaluate_masks(
         maps, probabilities = predict_probabilities(model, images.to(device))
         for offset in range(len(images)):
             record, truth = coco.images[index], dataset.true_mask(index)
-            if maps.shape[-1]:
-                full = F.interpolate(maps[offset][None, None], size=truth.shape, mode="bilinear", align_corners=False)
-                scores.append(score_mask(record.image_id, full[0, 0].cpu().numpy(), truth.numpy(),
-                                         threshold=train_config.threshold))  # fmt: skip
+            if maps is not None:
+                full = at_size(maps[offset], tuple(truth.shape))
+                scores.append(score_mask(record.image_id, full, truth.numpy(), threshold=train_config.threshold))
             else:
                 scores.append(MaskScores(record.image_id, bool(truth.any() or record.boxes), None, None, None,
                                          float(probabilities[offset])))  # fmt: skip

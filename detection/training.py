@@ -273,8 +273,9 @@ def fit(
         epochs.append(summary)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
         if train_config.select_on and (summary.get(train_config.select_on) or 0.0) > best["value"]:
-            best = {"epoch": epoch, "value": summary.get(train_config.select_on) or 0.0, "state": _cpu_copy(served)}
-        save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, averaged, epoch, loss_log, epochs, best)
+            best = {"epoch": epoch, "value": summary.get(train_config.select_on) or 0.0, "state": cpu_copy(served)}
+        save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, loss_log.iterations, epochs, best,
+                        scaler=scaler, averaged=averaged)  # fmt: skip
         if on_epoch is not None:
             on_epoch(summary)
         if deadline is not None and time.monotonic() >= deadline:
@@ -297,7 +298,8 @@ def fit(
     )
 
 
-def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights copied off the device: the best epoch's, kept while training goes on."""
     return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
 
 
@@ -317,8 +319,10 @@ def evaluate_split(
 
 
 def save_checkpoint(
-    path: Path, model, optimizer, scheduler, scaler, averaged, epoch: int, loss_log: LossLog, epochs: list, best: dict
+    path: Path, model, optimizer, scheduler, epoch: int, iterations: list, epochs: list, best: dict, *,
+    scaler=None, averaged=None,
 ) -> None:
+    """Everything a killed run resumes from (the detector's and the mask networks' runs alike)."""
     temporary = path.with_suffix(".tmp")
     torch.save(
         {
@@ -328,7 +332,7 @@ def save_checkpoint(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "averaged": averaged.state_dict() if averaged is not None else None,
             "epoch": epoch,
-            "iterations": loss_log.iterations,
+            "iterations": iterations,
             "epochs": epochs,
             "best": best,
         },

@@ -120,6 +120,12 @@ def _image_controls(interface: LabelInterface, tag: str):
 
 
 @lru_cache(maxsize=32)
+def has_rectangles(label_config: str) -> bool:
+    """Whether the config has a RectangleLabels control on an Image (what rectangle_target reads)."""
+    return any(True for _ in _image_controls(_interface(label_config), "RectangleLabels"))
+
+
+@lru_cache(maxsize=32)
 def mask_targets(label_config: str) -> tuple[MaskTarget, ...]:
     """Every BrushLabels and PolygonLabels control on an Image that has a label for fractures."""
     interface = _interface(label_config)
