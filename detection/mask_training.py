@@ -27,7 +27,15 @@ from fracture_al.detection.mask_data import MaskDataset
 from fracture_al.detection.mask_metrics import MaskScores, mask_metrics, score_mask
 from fracture_al.detection.mask_models import MaskModelConfig, architecture, build_mask_model
 from fracture_al.detection.mask_predictor import at_size, predict_probabilities
-from fracture_al.detection.training import CHECKPOINT_FILE, DataSplit, cpu_copy, save_checkpoint, seed_everything
+from fracture_al.detection.training import (
+    CHECKPOINT_FILE,
+    DataSplit,
+    WarmupCosine,
+    cpu_copy,
+    epochs_within_budget,
+    save_checkpoint,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +108,8 @@ def fit_masks(
     model = build_mask_model(model_config, imagenet=train_config.imagenet, search_dirs=weights_dirs).to(device)
     lr = train_config.lr or architecture(model_config.arch).lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, train_config.epochs))
+    schedule = WarmupCosine(0, max(1, train_config.epochs))  # stepped once per epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     loss_of = loss_function(model_config)
     train_set = MaskDataset(train_split.coco, train_split.image_dir, model_config.image_size, train=True)
     iterations: list[dict[str, float]] = []
@@ -112,13 +121,14 @@ def fit_masks(
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})  # the plan is this config's
         iterations, epochs, best, start = state["iterations"], state["epochs"], state["best"], state["epoch"] + 1
         log.info("resumed from %s at epoch %d", checkpoint, start)
 
     deadline = time.monotonic() + 60 * train_config.time_budget_minutes if train_config.time_budget_minutes else None
     started, images_seen = time.monotonic(), 0
-    for epoch in range(start, train_config.epochs + 1):
+    epoch = start
+    while epoch <= schedule.total:
         model.train()
         losses = []
         loader = make_mask_loader(train_set, train_config, shuffle=True, epoch=epoch)
@@ -141,12 +151,17 @@ def fit_masks(
         chosen = summary.get(train_config.select_on) if train_config.select_on else None
         if chosen is not None and chosen > best["value"]:
             best = {"epoch": epoch, "value": chosen, "state": cpu_copy(model)}
+        if deadline is not None:
+            now = time.monotonic()
+            schedule.shorten(epochs_within_budget(schedule.total, epoch, (now - started) / (epoch - start + 1),
+                                                  deadline - now))  # fmt: skip
         save_checkpoint(checkpoint, model, optimizer, scheduler, epoch, iterations, epochs, best)
         if on_epoch is not None:
             on_epoch(summary)
         if deadline is not None and time.monotonic() >= deadline:
             log.info("time budget of %s min reached after epoch %d", train_config.time_budget_minutes, epoch)
             break
+        epoch += 1
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     return MaskTrainingOutcome(model.eval(), model_config, train_config, iterations, epochs, best["epoch"],

@@ -4,6 +4,7 @@ resumable checkpoints. Publishing the result is :mod:`detection.versioning`'s jo
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -35,8 +36,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_iterations: int = 100
     workers: int = 1
-    # Stop at the end of the iteration that crosses this many minutes (the schedule still spans
-    # ``epochs``); None trains every epoch.
+    # Minutes the training may take: after each epoch the schedule is shortened to the epochs the
+    # remaining time holds (so the learning rate still anneals to zero), and the iteration that
+    # crosses the budget is the last; None trains every epoch.
     time_budget_minutes: float | None = None
     image_threshold: float = 0.5
     seed: int = 0
@@ -169,19 +171,40 @@ def weight_average(model: torch.nn.Module, config: TrainConfig) -> AveragedModel
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
 
 
+class WarmupCosine:
+    """Learning-rate factor per iteration: linear warm-up from 1% over ``warmup`` iterations, then
+    a cosine to zero at ``total``. An object rather than a closure so that the scheduler's state
+    (and a shortened ``total``) is saved in checkpoints and restored on resume."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, max(total, warmup + 1)
+
+    def shorten(self, total: int) -> None:
+        """End the cosine at ``total``; the warm-up keeps to at most a quarter of it."""
+        self.warmup = min(self.warmup, max(1, total // 4)) if self.warmup else 0
+        self.total = max(total, self.warmup + 1)
+
+    def __call__(self, iteration: int) -> float:
+        if iteration < self.warmup:
+            return 0.01 + 0.99 * iteration / self.warmup
+        progress = min(1.0, (iteration - self.warmup) / (self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_iterations: int):
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     warmup = min(config.warmup_iterations, max(1, total_iterations // 4))
-    scheduler = torch.optim.lr_scheduler.SequentialLR(
-        optimizer,
-        [
-            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_iterations - warmup)),
-        ],
-        milestones=[warmup],
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total_iterations))
     return optimizer, scheduler
+
+
+def epochs_within_budget(planned: int, done: int, seconds_per_epoch: float, seconds_left: float) -> int:
+    """The epochs a run can have in all when each takes ``seconds_per_epoch`` (training and
+    validation) and ``seconds_left`` remain after ``done`` of them: never more than ``planned``,
+    never fewer than ``done``."""
+    affordable = int(seconds_left // seconds_per_epoch) if seconds_per_epoch > 0 else planned
+    return max(done, min(planned, done + affordable))
 
 
 def initial_model(model_config: ModelConfig, init: Initialisation) -> tuple[torch.nn.Module, str | None]:
@@ -235,7 +258,9 @@ def fit(
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        # The schedule's plan is this run's config (a resumed run gets a fresh time budget), not the
+        # interrupted run's: only the iteration count is restored.
+        scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None]})
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         if averaged is not None and state.get("averaged"):
@@ -247,7 +272,8 @@ def fit(
     served = averaged.module if averaged is not None else model  # what is validated and published
     deadline = time.monotonic() + 60 * train_config.time_budget_minutes if train_config.time_budget_minutes else None
     started, images_seen = time.monotonic(), 0
-    for epoch in range(start_epoch, train_config.epochs + 1):
+    planned, epoch = scheduler.lr_lambdas[0].total // iterations_per_epoch, start_epoch
+    while epoch <= planned:
         torch.manual_seed(train_config.seed * 1000 + epoch)
         loader = make_loader(train_set, train_config, device, shuffle=True, epoch=epoch)
         iterations = train_one_epoch(
@@ -274,6 +300,14 @@ def fit(
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
         if train_config.select_on and (summary.get(train_config.select_on) or 0.0) > best["value"]:
             best = {"epoch": epoch, "value": summary.get(train_config.select_on) or 0.0, "state": cpu_copy(served)}
+        if deadline is not None:
+            now = time.monotonic()
+            fitted = epochs_within_budget(planned, epoch, (now - started) / (epoch - start_epoch + 1), deadline - now)
+            if fitted < planned:
+                log.info("%s min budget: the schedule is shortened to %d epochs", train_config.time_budget_minutes,
+                         fitted)  # fmt: skip
+                planned = fitted
+                scheduler.lr_lambdas[0].shorten(max(planned * iterations_per_epoch, scheduler.last_epoch + 1))
         save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, loss_log.iterations, epochs, best,
                         scaler=scaler, averaged=averaged)  # fmt: skip
         if on_epoch is not None:
@@ -281,6 +315,7 @@ def fit(
         if deadline is not None and time.monotonic() >= deadline:
             log.info("time budget of %s min reached after epoch %d", train_config.time_budget_minutes, epoch)
             break
+        epoch += 1
 
     if best["state"] is not None:
         served.load_state_dict(best["state"])

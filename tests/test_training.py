@@ -12,7 +12,15 @@ from fracture_al.detection.data import collate, eval_transforms
 from fracture_al.detection.engine import LOSS_NAMES, compute_losses
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.store import ModelStore
-from fracture_al.detection.training import Initialisation, TrainConfig, fit, initial_model, load_splits
+from fracture_al.detection.training import (
+    Initialisation,
+    TrainConfig,
+    WarmupCosine,
+    epochs_within_budget,
+    fit,
+    initial_model,
+    load_splits,
+)
 
 CPU = torch.device("cpu")
 SMALL = ModelConfig(min_size=256, max_size=384)
@@ -126,3 +134,54 @@ def test_same_seed_same_run(sample_dir: Path, tmp_path: Path) -> None:
     first = losses(7, "a")
     assert losses(7, "b") == first  # same order, same augmentations, same numbers
     assert losses(8, "c") != first
+
+
+def test_the_schedule_warms_up_then_anneals_to_zero_at_its_end() -> None:
+    schedule = WarmupCosine(warmup=10, total=110)
+    assert schedule(0) == pytest.approx(0.01)
+    assert schedule(5) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert schedule(10) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.5)  # half-way through the cosine
+    assert schedule(110) == pytest.approx(0.0, abs=1e-12)
+    schedule.shorten(60)  # by a time budget: the cosine now ends at 60
+    assert schedule(35) == pytest.approx(0.5)
+    assert schedule(60) == pytest.approx(0.0, abs=1e-12)
+    schedule.shorten(20)  # shorter than the warm-up was: the warm-up keeps to a quarter of it
+    assert schedule.warmup == 5
+    assert schedule(5) == pytest.approx(1.0)
+    assert schedule(20) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("planned", "done", "per_epoch", "left", "expected"),
+    [
+        (36, 1, 60.0, 35 * 60.0, 36),  # time for every planned epoch: unchanged
+        (36, 1, 60.0, 10 * 60.0 + 59, 11),  # 10 more fit, the 11th would cross the budget
+        (36, 3, 60.0, 0.0, 3),  # no time left: stop where it is
+        (36, 3, 60.0, -30.0, 3),  # past the budget already: never fewer than done
+        (4, 1, 0.0, 100.0, 4),  # an epoch that took no measurable time keeps the plan
+    ],
+)
+def test_the_epochs_a_time_budget_holds(planned: int, done: int, per_epoch: float, left: float, expected: int) -> None:
+    assert epochs_within_budget(planned, done, per_epoch, left) == expected
+
+
+@pytest.mark.slow
+def test_a_time_budget_shortens_the_schedule_so_the_learning_rate_still_anneals(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    splits = load_splits(sample_dir)
+    rates: list[float] = []
+    outcome = fit(
+        SMALL,
+        TrainConfig(epochs=50, batch_size=8, workers=0, time_budget_minutes=0.25),
+        splits["train"],
+        None,
+        tmp_path / "run",
+        device=CPU,
+        init=Initialisation(),
+        on_iteration=lambda step: rates.append(step["lr"]),
+    )
+    assert rates, "no iteration ran"
+    assert len(outcome.epochs) < 50, "15 seconds held every planned epoch: the test says nothing"
+    assert rates[-1] < 0.1 * max(rates), rates  # the last iteration ran near the end of the cosine
