@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def cached(path: Path, make) -> dict[str, Any]:
         return json.loads(path.read_text())
     path.parent.mkdir(parents=True, exist_ok=True)
     result = make()
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # processes side by side may make the same result
     temporary.write_text(json.dumps(result))
     temporary.replace(path)  # a kill mid-write leaves no half result to resume from
     return result
@@ -355,7 +356,8 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "tta", "entropy_k_center", "cald"],
                         choices=ACQUISITIONS)  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool reference model")
+    parser.add_argument("--full-pool", choices=["after", "skip", "only"], default="after",
+                        help="the full-pool reference model: after the strategies, not at all, or alone")  # fmt: skip
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -368,11 +370,11 @@ def main() -> None:
         return
     if not args.source.exists():
         raise SystemExit(f"no source model at {args.source}: run benchmarks.few_label_finetune --stage source first")
-    for seed in args.seeds:  # seed-major: a stopped run has every strategy at the same depth
-        for acquisition in args.strategies:
+    for seed in args.seeds if args.full_pool != "only" else []:  # seed-major: a stopped run has every strategy
+        for acquisition in args.strategies:  # at the same depth
             rows = run(acquisition, seed, setting, args, device)
             (args.out / f"rows-{acquisition}-s{seed}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    if not args.no_full_pool:
+    if args.full_pool != "skip":
         full_pool_reference(setting, args, device)
 
 

@@ -16,7 +16,9 @@ part is a dataset folder :func:`detection.training.load_splits` can read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -76,10 +78,14 @@ def write_dataset(folder: Path, images: Path, train: dict[str, Any], val: dict[s
     if link.is_symlink() and link.resolve() != images.resolve():
         link.unlink()  # a folder reused for another data set
     if not link.exists():
-        link.symlink_to(images.resolve(), target_is_directory=True)
+        with contextlib.suppress(FileExistsError):  # another benchmark process beside this one made it
+            link.symlink_to(images.resolve(), target_is_directory=True)
     for name, coco in (("train", train), ("val", val), ("test", test)):
         if coco is not None:
-            (folder / f"{name}.json").write_text(json.dumps(coco))
+            # Written aside, then renamed: processes started side by side read whole files only.
+            temporary = folder / f"{name}.json.{os.getpid()}"
+            temporary.write_text(json.dumps(coco))
+            temporary.replace(folder / f"{name}.json")
     return folder
 
 

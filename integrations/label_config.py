@@ -6,8 +6,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from label_studio_sdk.label_interface import LabelInterface
+if TYPE_CHECKING:
+    from label_studio_sdk.label_interface import LabelInterface
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,10 @@ def rectangle_target(label_config: str, class_names: Sequence[str]) -> Rectangle
     else the class whose name equals its value (case-insensitive). Unmapped classes are dropped.
     """
     try:
-        interface = LabelInterface(label_config)
+        interface = _interface(label_config)
         from_name, to_name, value_key = interface.get_first_tag_occurence("RectangleLabels", "Image")
+    except LabelConfigError:
+        raise
     except ValueError as error:
         raise LabelConfigError(f"labelling config has no RectangleLabels control on an Image ({error})") from error
     except Exception as error:  # lxml and the SDK raise many types for malformed XML
@@ -98,6 +102,11 @@ class ChoiceTarget:
 
 
 def _interface(label_config: str) -> LabelInterface:
+    # Imported when a config is first read, not with this module: the SDK's package brings its
+    # whole HTTP client stack, which code that only scores X-rays (task_predictions' measures, the
+    # benchmarks on a GPU machine) has no use for.
+    from label_studio_sdk.label_interface import LabelInterface
+
     try:
         return LabelInterface(label_config)
     except Exception as error:  # lxml and the SDK raise many types for malformed XML

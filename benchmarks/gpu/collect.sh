@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# Wait up to $1 seconds for the background benchmarks to finish, then copy what exists to $OUT.
+# Wait up to $1 seconds for launch.sh's background jobs to finish (printing each log's last line),
+# then copy what exists to $OUT: the results (JSON, logs, plots) and, once trained, each detector
+# candidate's weights in half precision, split into parts under the device tool's file limit.
 set -uo pipefail
+WORK=${WORK:-/tmp/gpu}
 deadline=$((SECONDS + ${1:-540}))
-while [ $SECONDS -lt $deadline ] && pgrep -f "python3 -m benchmarks" > /dev/null; do
-  sleep 20
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-  for f in /tmp/gpu/logs/*.log; do printf '%s: ' "$(basename $f)"; tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -1 | cut -c1-150; done
+while [ $SECONDS -lt $deadline ] && pgrep -f "benchmarks\." > /dev/null; do
+  sleep 30
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  for f in "$WORK"/logs/*.log; do
+    printf '%s: ' "$(basename "$f")"; tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -1 | cut -c1-160
+  done
 done
-cd /tmp/gpu
-tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='runs' --exclude='*/images' logs ablation few_label/*.json \
-  shipped-*.json shipped-*/models/versions/*/metrics.json shipped-*/models/versions/*/config.json \
-  shipped-*/models/versions/*/history.json shipped-*/models/versions/*/plots 2>/dev/null
-for candidate in shipped-1024; do
-  model=$(ls $candidate/models/versions/*/model.pt 2>/dev/null | tail -1) || true
-  [ -n "$model" ] && python3 -c "
-import torch, sys
+cd "$WORK" || exit 1
+find . \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.png' -o -name '*.md' \) \
+  -not -path './pkg/*' -not -path './torch/*' -not -path '*/data/*' -not -name 'labelled.json' \
+  -not -path '*/source/train.json' -not -path '*/source/val.json' -not -path '*/source/test.json' \
+  | tar czf "$OUT/results.tgz" -T -
+for candidate in detector-gpu detector-cpu; do
+  model=$(ls $candidate/models/versions/*/model.pt 2>/dev/null | tail -1)
+  [ -n "$model" ] || continue
+  python3 -c "
+import sys, torch
 saved = torch.load(sys.argv[1], map_location='cpu', weights_only=True)
 saved['model'] = {k: v.half() if v.is_floating_point() else v for k, v in saved['model'].items()}
-torch.save(saved, sys.argv[2])" "$model" "/tmp/gpu/$candidate-fp16.pt" && split -b 15M "/tmp/gpu/$candidate-fp16.pt" "$OUT/$candidate-fp16.pt.part-"
+torch.save(saved, sys.argv[2])" "$model" "$WORK/$candidate-fp16.pt" \
+    && split -b 15M "$WORK/$candidate-fp16.pt" "$OUT/$candidate-fp16.pt.part-"
 done
-ls -la $OUT; pgrep -fa "python3 -m benchmarks" | cut -c1-120 || echo "all finished"
+ls -la "$OUT"; pgrep -fa "benchmarks\." | cut -c1-120 || echo "all finished"
