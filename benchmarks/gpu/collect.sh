@@ -4,6 +4,7 @@
 # candidate's weights in half precision, split into parts under the device tool's file limit.
 set -uo pipefail
 WORK=${WORK:-/tmp/gpu}
+PY=${PY:-python3}
 deadline=$((SECONDS + ${1:-540}))
 while [ $SECONDS -lt $deadline ] && pgrep -f "benchmarks\." > /dev/null; do
   sleep 30
@@ -20,7 +21,7 @@ find . \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.png' -o
 for candidate in detector-gpu detector-cpu; do
   model=$(ls $candidate/models/versions/*/model.pt 2>/dev/null | tail -1)
   [ -n "$model" ] || continue
-  python3 -c "
+  $PY -c "
 import sys, torch
 saved = torch.load(sys.argv[1], map_location='cpu', weights_only=True)
 saved['model'] = {k: v.half() if v.is_floating_point() else v for k, v in saved['model'].items()}

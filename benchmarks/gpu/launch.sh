@@ -18,8 +18,8 @@ if [ -n "${SMOKE:-}" ]; then
   DETECTOR_MINUTES=0.3 DETECTOR_EPOCHS=1 SOURCE_EPOCHS=1 ROUNDS=1 CANDIDATES=6 BATCH=4 SEEDS="0" \
     STRATEGIES="random cald" SEGMENTATION_MINUTES=0.1 IMAGE_SIZE=64 NETWORKS="unet vit"
 else
-  DETECTOR_MINUTES=18 DETECTOR_EPOCHS=40 SOURCE_EPOCHS=10 ROUNDS=6 CANDIDATES=200 BATCH=20 SEEDS="0 1 2" \
-    STRATEGIES="random entropy tta entropy_k_center cald hard_negative" SEGMENTATION_MINUTES=15 IMAGE_SIZE=384 \
+  DETECTOR_MINUTES=17 DETECTOR_EPOCHS=40 SOURCE_EPOCHS=10 ROUNDS=6 CANDIDATES=200 BATCH=20 SEEDS="0 1 2" \
+    STRATEGIES="random entropy tta entropy_k_center cald hard_negative" SEGMENTATION_MINUTES=14 IMAGE_SIZE=384 \
     NETWORKS="unet attention_unet r2_unet swin_unetr mobilenet_v2 vit"
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
   mkdir -p "$WORK/torch/hub/checkpoints"
@@ -61,7 +61,7 @@ export PY WORK DATA SOURCE_EPOCHS CANDIDATES BATCH ROUNDS SEEDS STRATEGIES
 run active-learning bash -c active_learning
 
 for network in $NETWORKS; do
-  run "segmentation-$network" nice -n 5 $PY -m benchmarks.segmentation_study --data "$DATA" --networks $network \
+  run "segmentation-$network" nice -n 10 $PY -m benchmarks.segmentation_study --data "$DATA" --networks $network \
     --minutes $SEGMENTATION_MINUTES --epochs 80 --image-size $IMAGE_SIZE --out "$WORK/segmentation"
 done
 sleep 5
