@@ -21,10 +21,16 @@ to reach 95% of the full-pool model's mAP@50) and the learning-curve plot.
 On the 2-core CPU (``--candidates`` scores a fresh random subset of the pool each round, as Yoo and
 Kweon, "Learning Loss for Active Learning", CVPR 2019, do; round 0's scores are shared by a seed's strategies):
     python -m benchmarks.active_learning --candidates 120 --batch 20 --rounds 6 --seeds 0 1 2
-Full setting on a GPU (all of the pool scored every round, 5 seeds):
-    python -m benchmarks.active_learning --candidates 0 --batch 25 --rounds 8 --seeds 0 1 2 3 4 \\
-        --strategies random entropy tta entropy_k_center cald
-    python -m benchmarks.active_learning --report
+On a GPU, the same setting with one process per strategy and seed side by side (what
+benchmarks/reported/active_learning_gpu/ holds; benchmarks/gpu/launch.sh runs it, after the source
+model ``few_label_finetune --stage source --recipe cpu --epochs 10``):
+    AL="python -m benchmarks.active_learning --candidates 120 --batch 20 --rounds 6"
+    $AL --rounds 0 --strategies random --seeds 0 1 2 --full-pool skip    # round 0's shared scores
+    for s in 0 1 2; do for a in random entropy tta entropy_k_center cald hard_negative; do
+      $AL --strategies $a --seeds $s --full-pool skip & done; done; $AL --full-pool only --seeds 0; wait
+    $AL --report
+The full setting (all of the pool scored every round, 8 rounds of 25, 5 seeds) is the same with
+``--candidates 0 --batch 25 --rounds 8 --seeds 0 1 2 3 4``.
 """
 
 from __future__ import annotations
@@ -248,7 +254,27 @@ def labels_to_reach(rows: list[dict], target: float) -> int | None:
     return None
 
 
-def report(out: Path, target_coco) -> dict[str, Any]:
+def replay_acquisitions(setting: Setting, args: argparse.Namespace, acquisition: str, seed: int,
+                        rounds: int) -> list[float]:  # fmt: skip
+    """The share of fractured X-rays among those a strategy had labelled after each round, replayed
+    from the saved pool scores (given them, the queue's order is deterministic): whether a strategy
+    wins by finding the pool's rare fractures."""
+    labelled: list[int] = []
+    scores = json.loads((args.out / "source" / f"pool_scores-s{seed}.json").read_text())
+    shares = []
+    for round_number in range(rounds):
+        unlabelled = sorted(set(range(len(setting.pool))) - set(labelled))
+        candidates = candidates_for(unlabelled, args.candidates, seed, round_number)
+        signals = [TaskSignals.from_dict(s) for s in scores["signals"]] if scores else []
+        labelled += queue_order(acquisition, signals, candidates, args.batch, seed * 100 + round_number)[: args.batch]
+        shares.append(sum(bool(setting.pool[i].boxes) for i in labelled) / len(labelled))
+        following = args.out / f"{acquisition}-s{seed}" / f"r{round_number + 1}" / "pool_scores.json"
+        scores = json.loads(following.read_text()) if following.exists() else None
+    return shares
+
+
+def report(out: Path, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
+    target_coco = setting.target.coco
     rows = load_rows(out)
     if not rows:
         raise SystemExit(f"no rounds in {out}: run the benchmark first")
@@ -275,8 +301,14 @@ def report(out: Path, target_coco) -> dict[str, Any]:
         for strategy in strategies
     } if reference else {}  # fmt: skip
     pooled = paired_over_images(rows, target_coco)
+    rounds = max(r["round"] for r in rows)
+    fractured = {strategy: statistics.fmean(replay_acquisitions(setting, args, strategy, s, rounds)[-1]
+                                             for s in sorted({r["seed"] for r in rows if r["strategy"] == strategy}))
+                 for strategy in strategies} if rounds else {}  # fmt: skip
     summary = {"full_pool_mAP50": reference, "table": table, "labels_to_95pct_of_full_pool": to_reach,
-               "paired_over_images_vs_random": pooled}  # fmt: skip
+               "paired_over_images_vs_random": pooled,
+               "pool_fractured_share": sum(bool(image.boxes) for image in setting.pool) / len(setting.pool),
+               "fractured_share_of_labelled_at_last_round": fractured}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(table, reference, out / "learning_curves.png")
     return summary
@@ -298,6 +330,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
         )
     lines.append(f"\nfull-pool mAP@50: {number(summary['full_pool_mAP50'])}; labels to reach 95% of it per seed: "
                  f"{summary['labels_to_95pct_of_full_pool']}")  # fmt: skip
+    shares = ", ".join(f"{name} {share:.2f}"
+                       for name, share in summary["fractured_share_of_labelled_at_last_round"].items())  # fmt: skip
+    lines.append(f"\nfractured share of the labelled X-rays at the last round (pool: "
+                 f"{summary['pool_fractured_share']:.2f}): {shares}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -353,7 +389,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20, help="X-rays labelled per round")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--candidates", type=int, default=120, help="pool X-rays scored per round (0 = all)")
-    parser.add_argument("--strategies", nargs="+", default=["random", "entropy", "tta", "entropy_k_center", "cald"],
+    parser.add_argument("--strategies", nargs="+",
+                        default=["random", "entropy", "tta", "entropy_k_center", "cald", "hard_negative"],
                         choices=ACQUISITIONS)  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--full-pool", choices=["after", "skip", "only"], default="after",
@@ -365,7 +402,7 @@ def main() -> None:
     device = choose_device(args.device)
     setting = load_setting(args.data, args.out)
     if args.report:
-        summary = report(args.out, setting.target.coco)
+        summary = report(args.out, setting, args)
         print(markdown_table(summary))
         return
     if not args.source.exists():

@@ -14,10 +14,11 @@ while [ $SECONDS -lt $deadline ] && pgrep -f "benchmarks\." > /dev/null; do
   done
 done
 cd "$WORK" || exit 1
-find . \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.png' -o -name '*.md' \) \
-  -not -path './pkg/*' -not -path './torch/*' -not -path '*/data/*' -not -name 'labelled.json' \
+find . \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' -o -name '*.png' -o -name '*.md' -o -name '*.txt' \) \
+  -not -path './tree/*' -not -path './torch/*' -not -path '*/data/*' -not -name 'labelled.json' \
   -not -path '*/source/train.json' -not -path '*/source/val.json' -not -path '*/source/test.json' \
-  | tar czf "$OUT/results.tgz" -T -
+  | tar czf "$WORK/results.tgz" -T -
+split -b 15M "$WORK/results.tgz" "$OUT/results.tgz.part-"  # the device tool returns files of at most 16 MiB
 for candidate in detector-gpu detector-cpu; do
   model=$(ls $candidate/models/versions/*/model.pt 2>/dev/null | tail -1)
   [ -n "$model" ] || continue

@@ -9,7 +9,7 @@
 # Run from the repository root with .gpu/ holding fracatlas/ (the shared data), the ImageNet
 # MobileNetV2 checkpoint and whl/ (the packages the device's image lacks). Every job has a time
 # budget that fits one 30-minute device lease. SMOKE=1 runs all of it tiny, to check this script on
-# a CPU before spending device time (PY=.venv/bin/python DATA=fracture_al/sample SMOKE=1 ...).
+# a CPU before spending device time (PY=$PWD/.venv/bin/python DATA=fracture_al/sample SMOKE=1 ...).
 set -euo pipefail
 PY=${PY:-python3}
 WORK=${WORK:-/tmp/gpu}
@@ -18,19 +18,21 @@ if [ -n "${SMOKE:-}" ]; then
   DETECTOR_MINUTES=0.3 DETECTOR_EPOCHS=1 SOURCE_EPOCHS=1 ROUNDS=1 CANDIDATES=6 BATCH=4 SEEDS="0" \
     STRATEGIES="random cald" SEGMENTATION_MINUTES=0.1 IMAGE_SIZE=64 NETWORKS="unet vit"
 else
-  DETECTOR_MINUTES=17 DETECTOR_EPOCHS=40 SOURCE_EPOCHS=10 ROUNDS=6 CANDIDATES=200 BATCH=20 SEEDS="0 1 2" \
+  DETECTOR_MINUTES=17 DETECTOR_EPOCHS=40 SOURCE_EPOCHS=10 ROUNDS=6 CANDIDATES=120 BATCH=20 SEEDS="0 1 2" \
     STRATEGIES="random entropy tta entropy_k_center cald hard_negative" SEGMENTATION_MINUTES=14 IMAGE_SIZE=384 \
     NETWORKS="unet attention_unet r2_unet swin_unetr mobilenet_v2 vit"
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
   mkdir -p "$WORK/torch/hub/checkpoints"
   cp .gpu/mobilenet_v2-b0353104.pth "$WORK/torch/hub/checkpoints/"
 fi
-# The packages install as fracture_al.<folder> (pyproject's package-dir): the same names from the
-# working tree, without building a wheel.
-mkdir -p "$WORK/pkg/fracture_al" "$WORK/logs"
-cp -r fracture_al/. "$WORK/pkg/fracture_al/"
-for folder in detection sampling integrations worker backend; do ln -sfn "$PWD/$folder" "$WORK/pkg/fracture_al/$folder"; done
-export PYTHONPATH="$WORK/pkg:$PWD:/tmp/site" TORCH_HOME="$WORK/torch" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+# Each device call sends the working tree again, replacing it mid-run: the jobs run from a copy.
+# There the folders become fracture_al.<folder> (pyproject's package-dir) by links, without a wheel;
+# the copy's own directory comes first on sys.path (python -m), so the links go inside its package.
+mkdir -p "$WORK/tree" "$WORK/logs"
+tar --exclude=./.git --exclude='./.venv*' --exclude=./benchmarks/results -cf - . | tar -xf - -C "$WORK/tree"
+cd "$WORK/tree"
+for folder in detection sampling integrations worker backend; do ln -sfn "../$folder" "fracture_al/$folder"; done
+export PYTHONPATH="$PWD:/tmp/site" TORCH_HOME="$WORK/torch" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
 $PY -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.is_available())"
