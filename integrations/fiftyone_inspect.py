@@ -1,6 +1,9 @@
 """Inspecting dataset errors in FiftyOne: ground truth beside a model version's predictions, its
 evaluation, FiftyOne Brain's mistakenness, uniqueness, 2-D map and near-duplicates computed from the
-detector's own backbone embeddings (Brain's default models need downloads), and saved views.
+detector's own backbone embeddings (Brain's default models need downloads), and saved views. Where
+the labels outline fractures (FracAtlas' polygons, Label Studio brush or polygon annotations) and a
+segmentation model is published, the true and predicted masks are segmentation labels beside the
+boxes, evaluated pixel by pixel with FiftyOne's own ``evaluate_segmentations``.
 
 FiftyOne keeps its database under ``FRACTURE_AL_HOME/fiftyone`` (an embedded MongoDB it starts on
 first use) unless ``FIFTYONE_DATABASE_DIR`` or ``FIFTYONE_DATABASE_URI`` says otherwise.
@@ -26,6 +29,10 @@ log = logging.getLogger(__name__)
 GROUND_TRUTH = "ground_truth"
 PREDICTIONS = "predictions"
 EVAL_KEY = "eval"
+GROUND_TRUTH_MASK = "ground_truth_mask"
+PREDICTED_MASK = "predicted_mask"
+MASK_EVAL_KEY = "eval_mask"
+MASK_TARGETS = {1: "fracture"}  # pixel value -> label, as the App colours and names it
 # Queue fields copied onto each sample, so the app can sort by rank or filter the random arm.
 REVIEW_FIELDS = (REVIEW_RANK_FIELD, REVIEW_ARM_FIELD)
 VIEWS = ("likely-label-errors", "model-misses", "false-alarms", "near-duplicates")
@@ -46,6 +53,7 @@ class LabelledImage:
     height: int
     ground_truth: list[tuple[str, list[float]]] | None  # (label, xyxy px); None = not labelled yet
     fields: dict[str, Any] = field(default_factory=dict)  # split, task id, body part, ...
+    mask: np.ndarray | None = None  # fracture pixels (height x width, bool) where the labels outline them
 
 
 @dataclass
@@ -54,6 +62,7 @@ class InspectionSample:
     prediction: ImagePrediction
     embedding: np.ndarray
     uncertainty: float
+    predicted_mask: np.ndarray | None = None  # a segmentation model's fracture pixels, at its threshold
 
 
 @dataclass
@@ -67,6 +76,8 @@ class InspectionSummary:
     false_negatives: int
     views: dict[str, int]  # saved view -> samples in it
     pr_curve: Path | None
+    # images with both masks, fracture Dice and pixel accuracy over their pixels (None: no masks)
+    segmentation: dict[str, float] | None = None
 
 
 def build_dataset(
@@ -105,7 +116,28 @@ def build_dataset(
     duplicates = _embedding_methods(dataset, embeddings, duplicate_threshold)
     views = _save_views(dataset, score_threshold, duplicates)
     return InspectionSummary(name, len(dataset), len(labelled), mAP, counts["tp"], counts["fp"], counts["fn"],
-                             views, pr_curve)  # fmt: skip
+                             views, pr_curve, _evaluate_masks(dataset))  # fmt: skip
+
+
+def _evaluate_masks(dataset) -> dict[str, float] | None:
+    """Fracture Dice and pixel accuracy of the predicted masks against the true ones, pooled over the
+    pixels of the X-rays that have both; each such sample gets FiftyOne's ``eval_mask_*`` fields."""
+    if not dataset.has_field(GROUND_TRUTH_MASK) or not dataset.has_field(PREDICTED_MASK):
+        return None
+    dataset.default_mask_targets = MASK_TARGETS
+    dataset.save()
+    both = dataset.exists(GROUND_TRUTH_MASK).exists(PREDICTED_MASK)
+    if not len(both):
+        return None
+    results = both.evaluate_segmentations(PREDICTED_MASK, gt_field=GROUND_TRUTH_MASK, eval_key=MASK_EVAL_KEY,
+                                          mask_targets=MASK_TARGETS)  # fmt: skip
+    # FiftyOne's own dice_score() counts the background class as a hit too: the fracture class's Dice
+    # is read off its pixel confusion matrix (rows truth, columns prediction).
+    matrix = np.asarray(results.pixel_confusion_matrix, dtype=float)
+    fracture = list(results.classes).index(MASK_TARGETS[1])
+    true_pixels, predicted_pixels = matrix[fracture].sum(), matrix[:, fracture].sum()
+    dice = 2 * matrix[fracture, fracture] / (true_pixels + predicted_pixels) if true_pixels + predicted_pixels else 1.0
+    return {"images": len(both), "dice": float(dice), "pixel_accuracy": float(np.trace(matrix) / matrix.sum())}
 
 
 def _sample(source: InspectionSample, tags: list[str]):
@@ -126,6 +158,10 @@ def _sample(source: InspectionSample, tags: list[str]):
     )
     sample["fracture_score"] = prediction.image_score
     sample["uncertainty"] = source.uncertainty
+    if image.mask is not None:
+        sample[GROUND_TRUTH_MASK] = fo.Segmentation(mask=image.mask.astype(np.uint8))
+    if source.predicted_mask is not None:
+        sample[PREDICTED_MASK] = fo.Segmentation(mask=source.predicted_mask.astype(np.uint8))
     return sample
 
 
@@ -199,10 +235,16 @@ def _save_pr_curve(results, plot_dir: Path) -> Path | None:
 
 
 def inspect_images(
-    images: Sequence[LabelledImage], predictor, *, batch_size: int = 8, uncertainty: str = "entropy"
+    images: Sequence[LabelledImage],
+    predictor,
+    *,
+    batch_size: int = 8,
+    uncertainty: str = "entropy",
+    segmenter=None,
 ) -> list[InspectionSample]:
     """Run ``predictor`` over the images: every candidate box, the backbone embedding and the image's
-    uncertainty (the review queue's score), with a progress bar."""
+    uncertainty (the review queue's score), and a segmentation model's mask when one is given, with a
+    progress bar."""
     from tqdm import tqdm
 
     from fracture_al.detection.images import load_image
@@ -214,19 +256,22 @@ def inspect_images(
         pixels = [load_image(image.filepath) for image in batch]
         predictions = predictor.predict(pixels, batch_size=batch_size)
         embeddings = predictor.embed(pixels, batch_size=batch_size)
-        inspected += [
-            InspectionSample(image, prediction, embedding, image_uncertainty(prediction.scores, uncertainty, "max"))
-            for image, prediction, embedding in zip(batch, predictions, embeddings, strict=True)
-        ]
+        masks = ([m.mask(segmenter.threshold) for m in segmenter.predict(pixels, batch_size=batch_size)]
+                 if segmenter is not None else [None] * len(batch))  # fmt: skip
+        for image, prediction, embedding, mask in zip(batch, predictions, embeddings, masks, strict=True):
+            score = image_uncertainty(prediction.scores, uncertainty, "max")
+            inspected.append(InspectionSample(image, prediction, embedding, score, mask))
     return inspected
 
 
 def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", "test")) -> list[LabelledImage]:
     """The images of a dataset folder (FracAtlas layout, or what ``fracture-al import`` wrote), with
-    their boxes, split and the folder's per-image metadata (FracAtlas's body part and view)."""
+    their boxes, split and the folder's per-image metadata (FracAtlas's body part and view); where
+    its annotations carry polygon outlines (FracAtlas' do), each image's fracture mask too."""
     import json
 
     from fracture_al.detection.coco import boxes_by_image
+    from fracture_al.detection.masks import polygons_of, polygons_to_mask
 
     images = []
     for split in splits:
@@ -235,11 +280,17 @@ def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", 
             continue
         content = json.loads(path.read_text())
         boxes = boxes_by_image(content["annotations"], {c["id"]: c["name"] for c in content["categories"]})
+        outlined = any(polygons_of(a.get("segmentation")) for a in content["annotations"])
+        outlines: dict[int, list] = {}
+        for annotation in content["annotations"]:
+            outlines.setdefault(annotation["image_id"], []).extend(polygons_of(annotation.get("segmentation")))
         for entry in content["images"]:
             fields = {"split": split, "image_id": entry["id"]}
             fields.update({k: entry[k] for k in ("body_part", "view", "sha256") if k in entry})
+            mask = (polygons_to_mask(outlines.get(entry["id"], []), entry["height"], entry["width"])
+                    if outlined else None)  # fmt: skip
             images.append(LabelledImage(Path(data_dir) / "images" / entry["file_name"], entry["width"],
-                                        entry["height"], boxes.get(entry["id"], []), fields))  # fmt: skip
+                                        entry["height"], boxes.get(entry["id"], []), fields, mask))  # fmt: skip
     return images
 
 

@@ -24,6 +24,7 @@ from fracture_al.integrations.fiftyone_inspect import (
     build_dataset,
     configure_fiftyone,
     images_from_folder,
+    inspect_images,
 )
 from fracture_al.integrations.loopback import free_port, wait_until_answering
 
@@ -108,6 +109,72 @@ def test_evaluation_mistakenness_duplicates_views_and_tags(sample_dir: Path, dat
     json.dumps(summary.views)  # the CLI prints it as JSON
 
 
+def test_masks_are_segmentation_labels_evaluated_pixel_by_pixel(sample_dir: Path, dataset_name: str) -> None:
+    """A: a 10x10 fracture, half of it predicted. B: healthy, 50 pixels predicted. C: a fracture and no
+    segmenter's mask. Pooled over A and B: 50 hits, 50 misses, 50 false pixels -> Dice 100 / 200 =
+    0.5; 100 wrong pixels of 2 x 50 x 40 -> pixel accuracy 0.975. C is not evaluated."""
+    import fiftyone as fo
+
+    files = sorted((sample_dir / "images").glob("*.jpg"))[:3]
+    square, left_half, elsewhere, empty = (np.zeros((50, 40), dtype=bool) for _ in range(4))
+    square[10:20, 10:20] = True
+    left_half[10:20, 10:15] = True
+    elsewhere[30:35, 20:30] = True
+    box = [10.0, 10.0, 20.0, 20.0]
+    cases = [([("fracture", box)], square, left_half), ([], empty, elsewhere), ([("fracture", box)], square, None)]
+    samples = []
+    for i, (path, (truth, mask, predicted)) in enumerate(zip(files, cases, strict=True)):
+        image = LabelledImage(path, 40, 50, truth, {"case": "ABC"[i]}, mask)
+        samples.append(InspectionSample(image, prediction(40, 50, (box, 0.9)), np.eye(3)[i], 0.5, predicted))
+
+    summary = build_dataset(dataset_name, samples, score_threshold=0.5, duplicate_threshold=0.01)
+
+    assert summary.segmentation == pytest.approx({"images": 2, "dice": 0.5, "pixel_accuracy": 0.975})
+    dataset = fo.load_dataset(dataset_name)
+    assert dataset.default_mask_targets == {1: "fracture"}
+    by_case = {s["case"]: s for s in dataset}
+    assert np.array_equal(by_case["A"]["ground_truth_mask"].mask > 0, square)  # survived the database
+    assert by_case["A"]["eval_mask_accuracy"] == pytest.approx(1 - 50 / 2000)
+    assert by_case["C"]["predicted_mask"] is None and by_case["C"]["eval_mask_accuracy"] is None
+
+
+def test_a_folder_with_outlines_gives_each_x_ray_its_fracture_mask(sample_dir: Path) -> None:
+    images = images_from_folder(sample_dir)
+    fractured = [image for image in images if image.ground_truth]
+    healthy = [image for image in images if image.ground_truth == []]
+    assert fractured and healthy
+    for image in fractured:  # the outlines lie inside their boxes (FracAtlas draws both)
+        assert image.mask.shape == (image.height, image.width) and image.mask.any()
+        inside = np.zeros_like(image.mask)
+        for _, (x1, y1, x2, y2) in image.ground_truth:
+            inside[max(0, int(y1) - 1) : int(y2) + 2, max(0, int(x1) - 1) : int(x2) + 2] = True
+        assert not (image.mask & ~inside).any(), image.filepath
+    assert not any(image.mask.any() for image in healthy)
+
+
+@pytest.mark.slow
+def test_inspection_adds_a_segmenters_masks_at_each_x_rays_size(trained_home: Path, sample_dir: Path) -> None:
+    from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.mask_models import MaskModelConfig, build_mask_model
+    from fracture_al.detection.mask_predictor import MaskPredictor
+    from fracture_al.detection.predictor import Predictor
+    from fracture_al.detection.store import ModelStore
+
+    cpu = choose_device("cpu")
+    detector = Predictor.from_version(ModelStore(trained_home / "models").current(), cpu)
+    config = MaskModelConfig("segmentation", "unet", image_size=64)
+    segmenter = MaskPredictor(build_mask_model(config, imagenet=False), config, cpu, "untrained")
+    images = images_from_folder(sample_dir, splits=("val",))[:3]
+    assert images
+
+    inspected = inspect_images(images, detector, batch_size=2, segmenter=segmenter)
+
+    assert len(inspected) == len(images)
+    for sample in inspected:
+        assert sample.predicted_mask.dtype == bool
+        assert sample.predicted_mask.shape == (sample.image.height, sample.image.width)
+
+
 def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fracture_al", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
@@ -146,7 +213,7 @@ def test_inspect_a_folder_then_serve_it_in_the_app_and_screenshot_the_grid(
         answer = requests.post(f"http://127.0.0.1:{port}/graphql", json=query, timeout=30).json()
         assert answer["data"]["dataset"]["name"] == dataset_name, answer
         paths = {field["path"] for field in answer["data"]["dataset"]["sampleFields"]}
-        assert {"ground_truth", "predictions", "uncertainty", "mistakenness"} <= paths
+        assert {"ground_truth", "ground_truth_mask", "predictions", "uncertainty", "mistakenness"} <= paths
 
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium is None:

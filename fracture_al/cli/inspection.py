@@ -19,6 +19,7 @@ from fracture_al.cli.base import (
     label_studio_client,
     label_studio_connection,
     main,
+    model_store,
     resolve_version,
     settings_of,
 )
@@ -35,8 +36,10 @@ from fracture_al.cli.base import (
 @click.pass_context
 def inspect(context: click.Context, project_id: int | None, data_dir: Path | None, model_version: str | None,
             name: str | None, as_json: bool) -> None:  # fmt: skip
-    """Build or refresh a FiftyOne dataset: labels, predictions, evaluation, Brain, saved views."""
+    """Build or refresh a FiftyOne dataset: labels, predictions, evaluation, Brain, saved views; fracture
+    masks beside the boxes where the labels outline fractures and a segmentation model is published."""
     from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.mask_predictor import MaskPredictor
     from fracture_al.detection.predictor import Predictor
     from fracture_al.integrations.fiftyone_inspect import (
         build_dataset,
@@ -54,7 +57,10 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
         raise CliError("give one of --project (a Label Studio project) or --data (a dataset folder)")
     configure_fiftyone(settings.home)
     version = resolve_version(settings, model_version)
-    predictor = Predictor.from_version(version, choose_device(settings.device))
+    device = choose_device(settings.device)
+    predictor = Predictor.from_version(version, device)
+    segmentation = model_store(settings).current_name("segmentation")
+    segmenter = MaskPredictor.from_version(model_store(settings).get(segmentation), device) if segmentation else None
     if data_dir is not None:
         name = name or f"fracture-al-{data_dir.resolve().name}"
         images = images_from_folder(data_dir)
@@ -72,7 +78,8 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
     uncertainty = "entropy" if settings.queue_uncertainty in AUGMENTED_SCORES else settings.queue_uncertainty
     # FiftyOne and scikit-learn print progress to stdout: with --json it goes to stderr instead.
     with _stdout_to_stderr() if as_json else contextlib.nullcontext():
-        samples = inspect_images(images, predictor, batch_size=settings.predict_batch_size, uncertainty=uncertainty)
+        samples = inspect_images(images, predictor, batch_size=settings.predict_batch_size, uncertainty=uncertainty,
+                                 segmenter=segmenter)  # fmt: skip
         threshold = display_threshold(settings.predict_score_threshold, predictor.operating_threshold)
         summary = build_dataset(name, samples, score_threshold=threshold,
                                 duplicate_threshold=settings.inspect_duplicate_threshold,
@@ -86,6 +93,10 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
     table.add_row("mAP (FiftyOne, COCO-style)", fmt(summary.mAP))
     table.add_row("boxes: TP / FP / FN @ IoU 0.5", f"{summary.true_positives} / {summary.false_positives} / "
                   f"{summary.false_negatives}")  # fmt: skip
+    if summary.segmentation:
+        table.add_row(f"masks: fracture Dice / pixel accuracy ({segmentation})",
+                      f"{fmt(summary.segmentation['dice'])} / {fmt(summary.segmentation['pixel_accuracy'])} "
+                      f"over {summary.segmentation['images']} X-rays")  # fmt: skip
     for view, count in summary.views.items():
         table.add_row(f"saved view {view}", str(count))
     if summary.pr_curve:
