@@ -294,15 +294,19 @@ def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", 
     return images
 
 
-def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, target) -> list[LabelledImage]:
+def images_from_label_studio(
+    client, project_id: int, fetch, media_dir: Path, target, mask_targets: Sequence = ()
+) -> list[LabelledImage]:
     """Every task of the project: its image (fetched once into ``media_dir``: FiftyOne reads local
-    files), the latest annotation's boxes as ground truth (None while unlabelled), task id, split,
-    queue rank and de-identified DICOM tags. ``fetch`` maps an image reference to its bytes."""
+    files), the latest annotation's boxes as ground truth (None while unlabelled) and, where the
+    config has brush or polygon controls (``mask_targets``), the fracture mask it draws; task id,
+    split, queue rank and de-identified DICOM tags. ``fetch`` maps an image reference to its bytes."""
     from PIL import Image
 
     from fracture_al.detection.images import ImageLoadError, load_image
     from fracture_al.integrations.image_source import ImageFetchError
     from fracture_al.integrations.label_studio import annotation_boxes, latest_annotation
+    from fracture_al.integrations.mask_regions import annotation_mask
 
     class_of_label = {label: name for name, label in target.label_of_class.items()}
     media_dir.mkdir(parents=True, exist_ok=True)
@@ -322,24 +326,26 @@ def images_from_label_studio(client, project_id: int, fetch, media_dir: Path, ta
             log.warning("task %s left out: %s", task.id, error)
             continue
         annotation = latest_annotation({"annotations": task.annotations or []})
-        truth = None
+        truth, mask = None, None
         if annotation is not None:
             truth = [(class_of_label[label], box) for label, box in annotation_boxes(annotation, target, width, height)
                      if label in class_of_label]  # fmt: skip
+            mask = annotation_mask(annotation, mask_targets, width, height) if mask_targets else None
         fields = {"task_id": task.id, "split": data.get(SPLIT_FIELD, "train" if truth is not None else "unlabelled")}
         fields.update({k: v for k, v in data.items() if k.startswith("dicom_") or k in REVIEW_FIELDS})
-        images.append(LabelledImage(path, width, height, truth, fields))
+        images.append(LabelledImage(path, width, height, truth, fields, mask))
     return images
 
 
 def label_studio_images(
     client, project_id: int, class_names: Sequence[str], fetch: Callable[[str], bytes], media_dir: Path
 ) -> list[LabelledImage]:
-    """The project's tasks as images to inspect, boxes read through its labelling config."""
-    from fracture_al.integrations.label_config import rectangle_target
+    """The project's tasks as images to inspect, boxes and masks read through its labelling config."""
+    from fracture_al.integrations.label_config import mask_targets, rectangle_target
 
-    target = rectangle_target(client.projects.get(id=project_id).label_config, tuple(class_names))
-    return images_from_label_studio(client, project_id, fetch, media_dir, target)
+    config = client.projects.get(id=project_id).label_config
+    target = rectangle_target(config, tuple(class_names))
+    return images_from_label_studio(client, project_id, fetch, media_dir, target, mask_targets(config))
 
 
 class SendBackError(ValueError):
