@@ -255,22 +255,39 @@ def labels_to_reach(rows: list[dict], target: float) -> int | None:
 
 
 def replay_acquisitions(setting: Setting, args: argparse.Namespace, acquisition: str, seed: int,
-                        rounds: int) -> list[float]:  # fmt: skip
-    """The share of fractured X-rays among those a strategy had labelled after each round, replayed
-    from the saved pool scores (given them, the queue's order is deterministic): whether a strategy
-    wins by finding the pool's rare fractures."""
+                        rounds: int) -> list[dict[str, float | None]]:  # fmt: skip
+    """Each round's queue replayed from the saved pool scores (given them, its order is
+    deterministic): the fractured share of everything labelled so far (whether a strategy wins by
+    finding the pool's rare fractures), and of the queue's top 10%, the share that are the model's
+    image-level mistakes beside the candidates' own share (a queue that finds mistakes has more at
+    the top than in the candidates), and the most of all mistakes a top 10% can hold (when the
+    model is wrong on more than a tenth of the candidates, it cannot hold them all)."""
     labelled: list[int] = []
     scores = json.loads((args.out / "source" / f"pool_scores-s{seed}.json").read_text())
-    shares = []
+    replayed = []
     for round_number in range(rounds):
         unlabelled = sorted(set(range(len(setting.pool))) - set(labelled))
         candidates = candidates_for(unlabelled, args.candidates, seed, round_number)
         signals = [TaskSignals.from_dict(s) for s in scores["signals"]] if scores else []
-        labelled += queue_order(acquisition, signals, candidates, args.batch, seed * 100 + round_number)[: args.batch]
-        shares.append(sum(bool(setting.pool[i].boxes) for i in labelled) / len(labelled))
+        order = queue_order(acquisition, signals, candidates, args.batch, seed * 100 + round_number)
+        labelled += order[: args.batch]
+        row: dict[str, float | None] = {"fractured_share_of_labelled":
+                                        sum(bool(setting.pool[i].boxes) for i in labelled) / len(labelled)}  # fmt: skip
+        if scores:
+            wrong, top = set(scores["mistakes"]) & set(candidates), order[: max(1, len(order) // 10)]
+            ceiling = min(len(top), len(wrong)) / len(wrong) if wrong else None
+            row.update({"mistake_share_of_top_10pct": len(wrong & set(top)) / len(top),
+                        "mistake_share_of_candidates": len(wrong) / len(candidates),
+                        "most_mistakes_a_top_10pct_holds": ceiling})  # fmt: skip
+        replayed.append(row)
         following = args.out / f"{acquisition}-s{seed}" / f"r{round_number + 1}" / "pool_scores.json"
         scores = json.loads(following.read_text()) if following.exists() else None
-    return shares
+    return replayed
+
+
+def mean_over_seeds(replays: list[list[dict[str, float | None]]], key: str) -> float | None:
+    values = [row[key] for replay in replays for row in replay if row.get(key) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def report(out: Path, setting: Setting, args: argparse.Namespace) -> dict[str, Any]:
@@ -302,13 +319,20 @@ def report(out: Path, setting: Setting, args: argparse.Namespace) -> dict[str, A
     } if reference else {}  # fmt: skip
     pooled = paired_over_images(rows, target_coco)
     rounds = max(r["round"] for r in rows)
-    fractured = {strategy: statistics.fmean(replay_acquisitions(setting, args, strategy, s, rounds)[-1]
-                                             for s in sorted({r["seed"] for r in rows if r["strategy"] == strategy}))
-                 for strategy in strategies} if rounds else {}  # fmt: skip
+    replays = {strategy: [replay_acquisitions(setting, args, strategy, seed, rounds)
+                          for seed in sorted({r["seed"] for r in rows if r["strategy"] == strategy})]
+               for strategy in strategies} if rounds else {}  # fmt: skip
+    fractured = {strategy: statistics.fmean(replay[-1]["fractured_share_of_labelled"] for replay in replayed)
+                 for strategy, replayed in replays.items()}  # fmt: skip
+    top_of_queue = {strategy: {key: mean_over_seeds(replayed, key) for key in
+                               ("mistake_share_of_top_10pct", "mistake_share_of_candidates",
+                                "most_mistakes_a_top_10pct_holds")}
+                    for strategy, replayed in replays.items()}  # fmt: skip
     summary = {"full_pool_mAP50": reference, "table": table, "labels_to_95pct_of_full_pool": to_reach,
                "paired_over_images_vs_random": pooled,
                "pool_fractured_share": sum(bool(image.boxes) for image in setting.pool) / len(setting.pool),
-               "fractured_share_of_labelled_at_last_round": fractured}  # fmt: skip
+               "fractured_share_of_labelled_at_last_round": fractured,
+               "top_of_queue_over_rounds": top_of_queue}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(table, reference, out / "learning_curves.png")
     return summary
@@ -334,6 +358,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
                        for name, share in summary["fractured_share_of_labelled_at_last_round"].items())  # fmt: skip
     lines.append(f"\nfractured share of the labelled X-rays at the last round (pool: "
                  f"{summary['pool_fractured_share']:.2f}): {shares}")  # fmt: skip
+    lines.append("\n| strategy | mistakes among the top 10% | mistakes among the candidates | "
+                 "most of the mistakes a top 10% can hold |\n|---|---|---|---|")  # fmt: skip
+    for name, shares in summary["top_of_queue_over_rounds"].items():
+        lines.append(f"| {name} | " + " | ".join(number(shares[key]) for key in (
+            "mistake_share_of_top_10pct", "mistake_share_of_candidates", "most_mistakes_a_top_10pct_holds")) + " |")
     return "\n".join(lines)
 
 
