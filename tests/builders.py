@@ -1,4 +1,5 @@
-"""Test inputs built from the bundled sample: DICOM files and Roboflow-layout exports."""
+"""Test inputs built from the bundled sample: DICOM files, Roboflow-layout exports, a published
+segmentation model."""
 
 from __future__ import annotations
 
@@ -97,3 +98,23 @@ def boxes_by_file(content: dict) -> dict[str, list[list[float]]]:
 
 def ramp_16_bit() -> np.ndarray:
     return np.tile(np.linspace(0, 4095, 64), (48, 1)).astype(np.uint16)  # dark left, bright right
+
+
+def publish_segmenter(home: Path, sample_dir: Path) -> str:
+    """A U-Net trained for one epoch, its head biased so that it marks every pixel: a mask whose
+    every pixel the brush region must carry."""
+    import torch
+
+    from fracture_al.detection.mask_models import MaskModelConfig
+    from fracture_al.detection.mask_training import MaskTrainConfig, fit_masks
+    from fracture_al.detection.store import ModelStore
+    from fracture_al.detection.training import load_splits
+    from fracture_al.detection.versioning import publish_mask_outcome
+
+    splits = load_splits(sample_dir)
+    outcome = fit_masks(MaskModelConfig("segmentation", "unet", image_size=64), MaskTrainConfig(epochs=1),
+                        splits["train"], None, home / "runs" / "unet", device=torch.device("cpu"))  # fmt: skip
+    with torch.no_grad():
+        outcome.model.segmentation_head[0].bias.fill_(20.0)
+    return publish_mask_outcome(ModelStore(home / "models"), outcome, test_split=None, data_sources={},
+                                device=torch.device("cpu")).name  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -9,14 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
+from builders import publish_segmenter
 from label_studio_sdk import LabelStudio
 from PIL import Image
 from werkzeug.serving import make_server
 
 from fracture_al.backend.app import create_app
+from fracture_al.integrations.label_config import mask_targets
+from fracture_al.integrations.label_studio import export_annotated_tasks, latest_annotation
 from fracture_al.integrations.label_studio_server import LabelStudioServer
+from fracture_al.integrations.mask_regions import annotation_mask, brush_region, brush_to_mask
 from fracture_al.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -26,6 +32,13 @@ CONFIG = """<View>
   <RectangleLabels name="label" toName="image" model_score_threshold="0.0">
     <Label value="Fracture" background="red" predicted_values="fracture"/>
   </RectangleLabels>
+</View>"""
+
+
+BRUSH_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="outline" toName="image"><Label value="Fracture"/></BrushLabels>
+  <Choices name="call" toName="image"><Choice value="Fracture"/><Choice value="Normal"/></Choices>
 </View>"""
 
 
@@ -47,15 +60,23 @@ class RecordingSink:
         raise AssertionError(f"no {action} webhook within {timeout} s; got {[e.get('action') for e in self.events]}")
 
 
-@pytest.fixture()
-def backend(trained_home: Path) -> Iterator[tuple[str, RecordingSink]]:
-    sink = RecordingSink()
-    app = create_app(Settings(home=trained_home, device="cpu"), event_sink=sink)
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """The backend app on a free local port, for Label Studio to call; its URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", sink
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture()
+def backend(trained_home: Path) -> Iterator[tuple[str, RecordingSink]]:
+    sink = RecordingSink()
+    with serving(create_app(Settings(home=trained_home, device="cpu"), event_sink=sink)) as url:
+        yield url, sink
 
 
 def upload(label_studio: LabelStudioServer, project_id: int, path: Path) -> None:
@@ -135,6 +156,42 @@ def test_label_studio_stores_our_predictions_and_sends_annotations_back(
     event = sink.wait_for("ANNOTATION_CREATED")
     assert event["annotation"]["task"] == annotated.id
     assert event["project"]["id"] == project.id
+
+
+def test_a_brush_project_stores_our_masks_and_exports_a_drawn_mask_unchanged(
+    label_studio: LabelStudioServer, trained_home: Path, sample_dir: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(trained_home / "models", home / "models")
+    publish_segmenter(home, sample_dir)  # marks every pixel: the mask Label Studio must give back
+    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    project = client.projects.create(title="fracture outlines", label_config=BRUSH_CONFIG)
+    image = sorted((sample_dir / "images").glob("*.jpg"))[0]
+    upload(label_studio, project.id, image)
+    [task] = list(client.tasks.list(project=project.id))
+    width, height = Image.open(image).size
+
+    with serving(create_app(Settings(home=home, device="cpu"))) as backend_url:
+        client.ml.create(project=project.id, url=backend_url, title="fracture-al")
+        client.actions.create(
+            id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []}
+        )
+    [prediction] = list(client.predictions.list(task=task.id))
+    brush = [region for region in prediction.result if region["type"] == "brushlabels"]
+    assert len(brush) == 1 and brush[0]["value"]["brushlabels"] == ["Fracture"]
+    assert (brush[0]["original_width"], brush[0]["original_height"]) == (width, height)
+    assert brush_to_mask(brush[0]["value"], width, height).all()
+    assert [r["value"]["choices"] for r in prediction.result if r["type"] == "choices"] == [["Fracture"]]
+
+    # An annotator's strokes, as Label Studio's brush stores them: two separate regions of one mask.
+    drawn = np.zeros((height, width), dtype=bool)
+    drawn[40:90, 30:120] = True
+    drawn[height - 30 : height - 12, width - 50 : width - 20] = True
+    targets = mask_targets(BRUSH_CONFIG)
+    stroke = {key: value for key, value in brush_region(drawn, targets[0], 1.0).items() if key != "score"}
+    client.annotations.create(id=task.id, result=[stroke])
+    [exported] = export_annotated_tasks(client, project.id)  # what a retrain reads
+    assert np.array_equal(annotation_mask(latest_annotation(exported), targets, width, height), drawn)
 
 
 def test_a_wrong_api_key_is_named_as_such(label_studio: LabelStudioServer) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import publish_segmenter
 from flask.testing import FlaskClient
 from loopback_servers import FileServer, url_of
 
@@ -303,25 +304,6 @@ MASK_CONFIG = """<View>
   <BrushLabels name="mask" toName="xray"><Label value="Fracture"/></BrushLabels>
   <Choices name="call" toName="xray"><Choice value="Fracture"/><Choice value="Normal"/></Choices>
 </View>"""
-
-
-def publish_segmenter(home: Path, sample_dir: Path) -> str:
-    """A U-Net trained for one epoch, its head biased so that it marks every pixel: a mask whose
-    every pixel the brush region must carry."""
-    import torch
-
-    from fracture_al.detection.mask_models import MaskModelConfig
-    from fracture_al.detection.mask_training import MaskTrainConfig, fit_masks
-    from fracture_al.detection.training import load_splits
-    from fracture_al.detection.versioning import publish_mask_outcome
-
-    splits = load_splits(sample_dir)
-    outcome = fit_masks(MaskModelConfig("segmentation", "unet", image_size=64), MaskTrainConfig(epochs=1),
-                        splits["train"], None, home / "runs" / "unet", device=torch.device("cpu"))  # fmt: skip
-    with torch.no_grad():
-        outcome.model.segmentation_head[0].bias.fill_(20.0)
-    return publish_mask_outcome(ModelStore(home / "models"), outcome, test_split=None, data_sources={},
-                                device=torch.device("cpu")).name  # fmt: skip
 
 
 @pytest.mark.slow
