@@ -99,13 +99,19 @@ def fit_masks(
     *,
     device: torch.device,
     weights_dirs: tuple[Path, ...] = (),
+    warm_start: Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> MaskTrainingOutcome:
-    """Train a segmentation or classification network; see the module's docstring."""
+    """Train a segmentation or classification network; see the module's docstring. ``warm_start``: a
+    saved model of the same config to continue from (a retrain), instead of ImageNet or random."""
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(train_config.seed)
-    model = build_mask_model(model_config, imagenet=train_config.imagenet, search_dirs=weights_dirs).to(device)
+    imagenet = train_config.imagenet and warm_start is None
+    model = build_mask_model(model_config, imagenet=imagenet, search_dirs=weights_dirs)
+    if warm_start is not None:
+        model.load_state_dict(torch.load(warm_start, map_location="cpu", weights_only=True)["model"])
+    model.to(device)
     lr = train_config.lr or architecture(model_config.arch).lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_config.weight_decay)
     schedule = WarmupCosine(0, max(1, train_config.epochs))  # stepped once per epoch

@@ -124,11 +124,28 @@ def publish_mask_outcome(
     device: torch.device,
     make_current: bool = True,
 ) -> ModelVersion:
-    """A segmentation or classification version, as ``staged_outcome`` makes a detector's: the
-    study's test metrics with bootstrap 95% intervals, and its three pictures."""
+    """Evaluate on the test split, stage everything, then publish in one rename."""
+    with staged_mask_outcome(store, outcome, test_split=test_split, data_sources=data_sources, device=device) as staged:
+        return store.publish(staged, make_current=make_current)
+
+
+@contextlib.contextmanager
+def staged_mask_outcome(
+    store: ModelStore,
+    outcome: MaskTrainingOutcome,
+    *,
+    test_split: DataSplit | None,
+    data_sources: dict[str, Any],
+    device: torch.device,
+    validation_metrics: dict[str, Any] | None = None,
+) -> Iterator[Path]:
+    """A segmentation or classification version, as ``staged_outcome`` stages a detector's: the
+    study's test metrics with bootstrap 95% intervals, and its three pictures; the caller publishes
+    or rejects it before the block ends, else it is removed."""
     with store.stage() as staged:
         save_model(outcome.model, outcome.model_config, staged / MODEL_FILE)
-        metrics: dict[str, Any] = {"validation": selected_epoch(outcome), "train_seconds": outcome.seconds,
+        metrics: dict[str, Any] = {"validation": validation_metrics or selected_epoch(outcome),
+                                   "train_seconds": outcome.seconds,
                                    "train_images_per_second": outcome.images_per_second}  # fmt: skip
         plots = staged / "plots"
         plot_losses(outcome.iterations, plots / "losses.png", names={"loss": "training loss"})
@@ -146,7 +163,8 @@ def publish_mask_outcome(
             "model": outcome.model_config.to_dict(), "train": outcome.train_config.to_dict(), "data": data_sources,
             "device": str(device), "torch": torch.__version__, "python": platform.python_version(),
         })  # fmt: skip
-        return store.publish(staged, make_current=make_current)
+        yield staged
+        shutil.rmtree(staged, ignore_errors=True)  # neither published nor rejected
 
 
 def mask_grid_samples(split: DataSplit, outcome: MaskTrainingOutcome, device: torch.device) -> list:

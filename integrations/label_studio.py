@@ -22,8 +22,10 @@ from label_studio_sdk.core.api_error import ApiError
 
 from fracture_al.detection.coco import annotation_record
 from fracture_al.detection.images import ImageLoadError, load_image
+from fracture_al.detection.masks import mask_to_polygons
 from fracture_al.integrations.image_source import ImageFetchError
-from fracture_al.integrations.label_config import RectangleTarget
+from fracture_al.integrations.label_config import MaskTarget, RectangleTarget
+from fracture_al.integrations.mask_regions import annotation_mask
 from fracture_al.integrations.regions import percent_to_box
 from fracture_al.integrations.task_fields import (
     REVIEW_ARM_FIELD,
@@ -117,33 +119,47 @@ class ExportedDataset:
     folder: Path
     counts: dict[str, int]  # images per split
     skipped: dict[int, str]  # task id -> why it was left out
+    masks: Path | None = None  # the same X-rays with their fracture outlines, when the config draws masks
+
+
+MASKS_FOLDER = "masks"
 
 
 def write_coco_dataset(
     tasks: Iterable[dict[str, Any]],
-    target: RectangleTarget,
+    target: RectangleTarget | None,
     fetch: Callable[[str], bytes],
     folder: Path,
     *,
     split_of: Callable[[dict[str, Any]], str],
+    mask_targets: Sequence[MaskTarget] = (),
 ) -> ExportedDataset:
-    """Turn exported tasks into ``folder/{train,val}.json`` and ``folder/images/task-<id>.png``.
+    """Turn exported tasks into ``folder/{train,val}.json`` and ``folder/images/task-<id>.png``; with
+    ``mask_targets`` (the config's brush and polygon controls), also ``folder/masks/{train,val}.json``:
+    each X-ray's fracture mask as polygon outlines, one COCO annotation per outline (what a
+    segmenter trains on). ``target`` None: a config that draws masks only, no boxes.
 
-    An annotated task without boxes is a negative X-ray. Images are decoded and saved as PNG so the
-    boxes refer to exactly the pixels the trainer reads (EXIF rotation applied, 16-bit rescaled).
+    An annotated task without boxes (or mask) is a negative X-ray. Images are decoded and saved as
+    PNG so the labels refer to exactly the pixels the trainer reads (EXIF rotation applied, 16-bit
+    rescaled).
     """
+    if target is None and not mask_targets:
+        raise ValueError("nothing to export: the config has neither boxes nor masks")
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    class_of_label = {label: name for name, label in target.label_of_class.items()}
-    class_names = sorted(target.label_of_class)
+    label_of_class = target.label_of_class if target is not None else {}
+    class_of_label = {label: name for name, label in label_of_class.items()}
+    class_names = sorted(label_of_class) or ["fracture"]
     category_of = {name: index + 1 for index, name in enumerate(class_names)}
+    value_key = target.value_key if target is not None else mask_targets[0].value_key
     splits: dict[str, dict[str, list]] = {}
+    outlined: dict[str, dict[str, list]] = {}
     skipped: dict[int, str] = {}
     for task in tasks:
         annotation = latest_annotation(task)
         if annotation is None:
             skipped[task["id"]] = "only cancelled annotations"
             continue
-        reference = task.get("data", {}).get(target.value_key)
+        reference = task.get("data", {}).get(value_key)
         try:
             image = load_image(fetch(reference), name=str(reference))
         except (ImageFetchError, ImageLoadError) as error:
@@ -152,21 +168,44 @@ def write_coco_dataset(
             continue
         file_name = f"task-{task['id']}.png"
         image.save(folder / "images" / file_name)
+        record = {"id": task["id"], "file_name": file_name, "width": image.width, "height": image.height,
+                  "annotation_id": annotation.get("id")}  # fmt: skip
         split = splits.setdefault(split_of(task), {"images": [], "annotations": []})
-        split["images"].append(
-            {"id": task["id"], "file_name": file_name, "width": image.width, "height": image.height,
-             "annotation_id": annotation.get("id")}
-        )  # fmt: skip
-        for label, box in annotation_boxes(annotation, target, image.width, image.height):
+        split["images"].append(record)
+        for label, box in annotation_boxes(annotation, target, image.width, image.height) if target else []:
             if label not in class_of_label:
                 continue
             split["annotations"].append(
                 annotation_record(len(split["annotations"]) + 1, task["id"], category_of[class_of_label[label]], box)
             )
+        if mask_targets:
+            masks = outlined.setdefault(split_of(task), {"images": [], "annotations": []})
+            masks["images"].append(record)
+            mask = annotation_mask(annotation, mask_targets, image.width, image.height)
+            for polygon in mask_to_polygons(mask):
+                masks["annotations"].append(outline_record(len(masks["annotations"]) + 1, task["id"], polygon))
     categories = [{"id": category_of[name], "name": name} for name in class_names]
     for name, content in splits.items():
         (folder / f"{name}.json").write_text(json.dumps({**content, "categories": categories}))
-    return ExportedDataset(folder, {name: len(c["images"]) for name, c in splits.items()}, skipped)
+    masks_folder = None
+    if outlined:
+        masks_folder = folder / MASKS_FOLDER
+        masks_folder.mkdir(exist_ok=True)
+        if not (masks_folder / "images").exists():
+            (masks_folder / "images").symlink_to(Path("..") / "images", target_is_directory=True)
+        for name, content in outlined.items():
+            (masks_folder / f"{name}.json").write_text(json.dumps({**content, "categories": [FRACTURE_CATEGORY]}))
+    return ExportedDataset(folder, {name: len(c["images"]) for name, c in splits.items()}, skipped, masks_folder)
+
+
+FRACTURE_CATEGORY = {"id": 1, "name": "fracture"}
+
+
+def outline_record(annotation_id: int, image_id: int, polygon: Sequence[float]) -> dict[str, Any]:
+    """A COCO annotation for one fracture outline (pixel x, y pairs): its box and its polygon."""
+    xs, ys = polygon[0::2], polygon[1::2]
+    return {**annotation_record(annotation_id, image_id, FRACTURE_CATEGORY["id"], [min(xs), min(ys), max(xs), max(ys)]),
+            "segmentation": [list(polygon)]}  # fmt: skip
 
 
 # Predictions written per request: a scoring chunk's in one, a whole project's in a few.

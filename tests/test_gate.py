@@ -7,7 +7,8 @@ import pytest
 
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.evaluation import ImageMatches, average_precision, coco_detection_metrics, match_detections
-from fracture_al.worker.gate import GateRule, quality_gate
+from fracture_al.detection.mask_metrics import MaskScores
+from fracture_al.worker.gate import GateRule, mask_gate, quality_gate
 from fracture_al.worker.validation import SPLIT_FIELD, held_out_draw, new_assignments, with_assignments
 
 RULE = GateRule(min_images=20, min_fractures=10, resamples=300)
@@ -92,6 +93,42 @@ def test_a_small_validation_set_keeps_the_candidate_and_says_what_is_missing() -
     assert "8 more validation X-rays" in decision.reason and "6 more fractures" in decision.reason
     # ...and it is so even for the very first model, and when there is nothing to validate on.
     assert quality_gate([], None, RULE).needs == {"images": 20, "fractures": 10}
+
+
+def mask_scores(dice_of_fractured: list[float], called: list[bool], healthy: int = 10) -> list[MaskScores]:
+    """Fractured X-rays with these Dice and image-level calls, then healthy ones drawn empty."""
+    fractured = [MaskScores(i, True, d, d / (2 - d), 0.99, 0.9 if c else 0.1)
+                 for i, (d, c) in enumerate(zip(dice_of_fractured, called, strict=True))]  # fmt: skip
+    return fractured + [MaskScores(100 + i, False, 1.0, 1.0, 1.0, 0.1) for i in range(healthy)]
+
+
+def test_the_mask_gate_serves_a_clearly_better_segmenter_and_never_a_copy() -> None:
+    rng = np.random.default_rng(3)
+    served = mask_scores(list(rng.uniform(0.1, 0.4, 20)), [True] * 20)
+    better = mask_scores([d + 0.3 for d in (s.dice for s in served[:20])], [True] * 20)
+
+    copy = mask_gate(served, served, RULE)
+    assert not copy.passed and "below the required gain" in copy.reason
+    assert copy.delta_dice["value"] == pytest.approx(0.0)
+    decision = mask_gate(better, served, RULE)
+    assert decision.passed, decision.reason
+    assert decision.delta_dice["value"] == pytest.approx(0.3) and decision.delta_dice["low"] > 0.25
+    assert decision.candidate["dice"] == pytest.approx(decision.current["dice"] + 0.3)  # healthy X-rays left out
+
+
+def test_the_mask_gate_refuses_better_outlines_on_fewer_fractured_x_rays_called() -> None:
+    served = mask_scores([0.2] * 20, [True] * 20)
+    sharper_but_quieter = mask_scores([0.6] * 20, [True] * 10 + [False] * 10)
+    decision = mask_gate(sharper_but_quieter, served, RULE)
+    assert not decision.passed and "sensitivity 1.000 -> 0.500" in decision.reason
+
+
+def test_the_mask_gate_keeps_the_first_segmenter_until_the_validation_set_is_big_enough() -> None:
+    small = mask_scores([0.5] * 4, [True] * 4, healthy=6)
+    decision = mask_gate(small, None, RULE)
+    assert not decision.passed and decision.needs == {"images": 10, "fractures": 6}
+    first = mask_gate(mask_scores([0.5] * 10, [True] * 10), None, RULE)
+    assert first.passed and "first segmentation model" in first.reason
 
 
 def test_matches_give_pycocotools_ap50(sample_dir) -> None:

@@ -81,3 +81,25 @@ def test_fit_masks_validates_keeps_the_best_epoch_and_resumes(sample_dir: Path, 
     fractured = [s for s in scores if s.fractured]
     assert fractured and metrics["dice_fractured"]["value"] == pytest.approx(
         sum(s.dice for s in fractured) / len(fractured))
+
+
+def test_a_warm_start_continues_from_the_saved_segmenter(sample_dir: Path, tmp_path: Path) -> None:
+    """A retrain starts from the served model's weights: with a learning rate too small to move
+    them, the retrained network's weights are the saved ones (BatchNorm's running statistics, which
+    no learning rate holds, aside), not a fresh initialisation."""
+    from fracture_al.detection.store import save_model
+
+    splits = load_splits(sample_dir)
+    config = MaskModelConfig("segmentation", "unet", image_size=64)
+    saved = build_mask_model(config)
+    with torch.no_grad():
+        saved.segmentation_head[0].bias.fill_(3.0)  # a mark no random initialisation has
+    save_model(saved, config, tmp_path / "served.pt")
+
+    still = MaskTrainConfig(epochs=1, batch_size=8, lr=1e-12, select_on=None)
+    outcome = fit_masks(config, still, splits["train"], None, tmp_path / "run", device=torch.device("cpu"),
+                        warm_start=tmp_path / "served.pt")  # fmt: skip
+
+    trained = dict(outcome.model.named_parameters())
+    assert trained and all(torch.allclose(trained[name], value, atol=1e-6) for name, value in saved.named_parameters())
+    assert outcome.model.segmentation_head[0].bias.item() == pytest.approx(3.0)

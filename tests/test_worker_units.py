@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from backend_requests import png_claiming
+from PIL import Image
 from rq import Queue
 
 from fracture_al.integrations.label_config import rectangle_target
@@ -148,6 +150,52 @@ def test_export_to_coco(tmp_path: Path, sample_dir: Path) -> None:
     val = json.loads((tmp_path / "val.json").read_text())
     assert val["annotations"] == [] and len(val["images"]) == 1  # kept as a negative
     assert (tmp_path / "images" / "task-1.png").is_file()
+
+
+MASK_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="brush" toName="image"><Label value="Fracture"/></BrushLabels>
+  <PolygonLabels name="outline" toName="image"><Label value="Fracture"/></PolygonLabels>
+</View>"""
+
+
+def test_export_turns_brush_strokes_and_outlines_into_the_segmenter_s_masks(tmp_path: Path, sample_dir: Path) -> None:
+    """Task 1: a brushed blob and an outlined square (two controls, one mask). Task 2: annotated,
+    nothing drawn (healthy). No RectangleLabels: a masks-only project still exports its X-rays."""
+    from fracture_al.detection.mask_metrics import overlap
+    from fracture_al.detection.masks import polygons_to_mask
+    from fracture_al.detection.training import load_splits
+    from fracture_al.integrations.label_config import mask_targets
+    from fracture_al.integrations.mask_regions import brush_region
+
+    images = sorted((sample_dir / "images").glob("*.jpg"))[:2]
+    files = {f"/data/upload/1/{path.name}": path.read_bytes() for path in images}
+    width, height = Image.open(images[0]).size
+    targets = mask_targets(MASK_CONFIG)
+    brush = next(t for t in targets if t.kind == "brush")
+    brushed = np.zeros((height, width), dtype=bool)
+    brushed[50:120, 60:100] = True
+    stroke = {k: v for k, v in brush_region(brushed, brush, 1.0).items() if k != "score"}
+    square = {"from_name": "outline", "to_name": "image", "type": "polygonlabels",
+              "value": {"points": [[50, 50], [70, 50], [70, 70], [50, 70]], "polygonlabels": ["Fracture"]}}
+    tasks = [
+        {"id": 1, "data": {"image": f"/data/upload/1/{images[0].name}"},
+         "annotations": [{"id": 11, "was_cancelled": False, "result": [stroke, square]}]},
+        {"id": 2, "data": {"image": f"/data/upload/1/{images[1].name}"},
+         "annotations": [{"id": 12, "was_cancelled": False, "result": []}]},
+    ]  # fmt: skip
+
+    exported = write_coco_dataset(tasks, None, files.__getitem__, tmp_path, split_of=lambda task: "train",
+                                  mask_targets=targets)  # fmt: skip
+
+    assert exported.masks == tmp_path / "masks" and exported.counts == {"train": 2}
+    records = {r.image_id: r for r in load_splits(exported.masks)["train"].coco.images}
+    drawn = brushed.copy()
+    drawn[int(0.5 * height) : int(0.7 * height), int(0.5 * width) : int(0.7 * width)] = True  # percent points
+    dice, _ = overlap(polygons_to_mask(records[1].polygons, height, width), drawn)
+    assert dice > 0.95, dice  # outlines simplified to within a pixel
+    assert len(records[1].polygons) == 2 and records[2].polygons == []
+    assert (exported.masks / "images" / "task-1.png").is_file()
 
 
 def test_label_studio_down_is_a_clear_error() -> None:

@@ -15,6 +15,10 @@ comparable). The rule, with the defaults of :class:`GateRule`:
    ``threshold`` if the deployment sets one, else its own calibrated display threshold. A model
    that localises better but misses more fractured X-rays is not an improvement for a radiologist.
 
+A segmentation candidate (:func:`mask_gate`) passes the same three steps with Dice over the
+fractured validation X-rays in place of mAP@50, ``min_fractures`` counting fractured X-rays, and the
+image-level call (highest pixel probability at or over 0.5) for sensitivity.
+
 Every decision carries both models' metrics and the 95% paired intervals of the differences.
 Its false-accept and false-reject rates on simulated pairs are measured by
 ``benchmarks/gate_error_rates.py``.
@@ -28,6 +32,7 @@ from typing import Any
 
 from fracture_al.detection.bootstrap import paired_difference
 from fracture_al.detection.evaluation import ImageMatches, average_precision, sensitivity_at
+from fracture_al.detection.mask_metrics import MaskScores
 from fracture_al.integrations.task_predictions import display_threshold
 
 
@@ -55,6 +60,7 @@ class GateDecision:
     delta_sensitivity: dict[str, Any] | None = None
     needs: dict[str, int] | None = None
     thresholds: dict[str, float] | None = None  # the display threshold each model's sensitivity used
+    delta_dice: dict[str, Any] | None = None  # a segmentation candidate's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +124,54 @@ def quality_gate(
                                    f"{_number(new['sensitivity'])} drops more than {rule.sensitivity_margin}",
                             **common)  # fmt: skip
     return GateDecision(True, f"{change}, better in {delta_map.probability_better:.0%} of resamples", **common)
+
+
+def fractured_dice(scores: Sequence[MaskScores]) -> float | None:
+    """Mean Dice over the fractured X-rays (a healthy one's empty-vs-empty 1.0 would flatter it)."""
+    values = [s.dice for s in scores if s.fractured and s.dice is not None]
+    return sum(values) / len(values) if values else None
+
+
+def call_sensitivity(scores: Sequence[MaskScores], threshold: float = 0.5) -> float | None:
+    fractured = [s for s in scores if s.fractured]
+    return sum(s.probability >= threshold for s in fractured) / len(fractured) if fractured else None
+
+
+def mask_gate(candidate: Sequence[MaskScores], current: Sequence[MaskScores] | None,
+              rule: GateRule = GateRule()) -> GateDecision:  # fmt: skip
+    """Decide whether a segmentation ``candidate`` replaces ``current``, both scored on the same
+    validation X-rays in order (see the module's docstring)."""
+    fractures = sum(s.fractured for s in candidate)
+    measured = {"validation_images": len(candidate), "validation_fractures": fractures}
+    new = {"dice": fractured_dice(candidate), "sensitivity": call_sensitivity(candidate)}
+    needs = {"images": max(0, rule.min_images - len(candidate)), "fractures": max(0, rule.min_fractures - fractures)}
+    if any(needs.values()):
+        reason = (f"validation set too small ({len(candidate)} X-rays, {fractures} fractured): label "
+                  f"{needs['images']} more validation X-rays and {needs['fractures']} more fractured ones")  # fmt: skip
+        return GateDecision(False, reason, **measured, candidate=new, current=None, needs=needs)
+    if current is None:
+        return GateDecision(True, "first segmentation model: nothing to compare with", **measured, candidate=new,
+                            current=None)  # fmt: skip
+    if [s.image_id for s in current] != [s.image_id for s in candidate]:
+        raise ValueError("candidate and current model were not scored on the same X-rays")
+    old = {"dice": fractured_dice(current), "sensitivity": call_sensitivity(current)}
+    options = {"resamples": rule.resamples, "seed": rule.seed}
+    delta_dice = paired_difference(current, candidate, fractured_dice, **options)
+    delta_sensitivity = paired_difference(current, candidate, call_sensitivity, **options)
+    common = {**measured, "candidate": new, "current": old, "delta_dice": delta_dice.to_dict(),
+              "delta_sensitivity": delta_sensitivity.to_dict()}  # fmt: skip
+    change = (f"Dice {_number(old['dice'])} -> {_number(new['dice'])} (difference 95% interval "
+              f"{_number(delta_dice.low)} to {_number(delta_dice.high)})")  # fmt: skip
+    if delta_dice.value is None or delta_dice.value < rule.min_delta:
+        return GateDecision(False, f"{change}: below the required gain of {rule.min_delta}", **common)
+    if (delta_dice.probability_better or 0.0) < rule.confidence:
+        return GateDecision(False, f"{change}: better in only {delta_dice.probability_better:.0%} of resamples "
+                                   f"(needs {rule.confidence:.0%})", **common)  # fmt: skip
+    if delta_sensitivity.value is not None and delta_sensitivity.value < -rule.sensitivity_margin:
+        return GateDecision(False, f"{change}, but sensitivity {_number(old['sensitivity'])} -> "
+                                   f"{_number(new['sensitivity'])} drops more than {rule.sensitivity_margin}",
+                            **common)  # fmt: skip
+    return GateDecision(True, f"{change}, better in {delta_dice.probability_better:.0%} of resamples", **common)
 
 
 def _number(value: float | None) -> str:

@@ -1,7 +1,7 @@
 """The jobs RQ workers run: plain functions of plain arguments, configured by the worker's Settings.
 
 ``retrain_project``: export a project's labels, warm-start from the served model, train, gate,
-publish; then ``refresh_predictions`` fans the project's unlabelled tasks out over ``score_tasks``
+publish (the detector on boxes, the segmenter on brush and polygon masks: ``worker.mask_retrain``); then ``refresh_predictions`` fans the project's unlabelled tasks out over ``score_tasks``
 jobs that write the new version's predictions back to Label Studio and measure what the review
 queue ranks by; ``rank_queue`` runs after the last of them and writes the queue into the project.
 """
@@ -29,11 +29,12 @@ from fracture_al.detection.training import DataSplit, Initialisation, TrainConfi
 from fracture_al.detection.versioning import data_sources, staged_outcome
 from fracture_al.integrations import label_studio
 from fracture_al.integrations.image_source import ImageSource, LabelStudioConnection
-from fracture_al.integrations.label_config import RectangleTarget, rectangle_target
+from fracture_al.integrations.label_config import RectangleTarget, has_rectangles, mask_targets, rectangle_target
 from fracture_al.integrations.task_predictions import TaskPredictor
 from fracture_al.settings import Settings
 from fracture_al.worker.connection import REDIS_TROUBLE
 from fracture_al.worker.gate import GateRule, quality_gate
+from fracture_al.worker.mask_retrain import retrain_segmenter
 from fracture_al.worker.project_report import project_report, save_report, summary_text
 from fracture_al.worker.queues import (
     RANK_QUEUE,
@@ -114,8 +115,9 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     store = open_store(settings.models_dir)
     current = store.current() if store.current_name() else None
     class_names = current.model_config.class_names if current else ModelConfig().class_names
-    project = client.projects.get(id=project_id)
-    target = rectangle_target(project.label_config, tuple(class_names))
+    config = client.projects.get(id=project_id).label_config
+    # A project draws boxes, masks or both: each kind retrains the model that predicts it.
+    target = rectangle_target(config, tuple(class_names)) if has_rectangles(config) else None
     source, connection = ImageSource(**settings.image_fetching), label_studio_connection(settings)
     tasks = label_studio.export_annotated_tasks(client, project_id)
     assigned = {} if settings.validation_data is not None else new_assignments(tasks, settings.validation_share)
@@ -126,10 +128,19 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
         lambda reference: source.fetch(reference, connection),
         run_dir / "data",
         split_of=lambda task: split_of(task) or TRAINING,
+        mask_targets=mask_targets(config),
     )
     if not dataset.counts.get("train"):
         progress.update(stage="done", result="nothing to train on", force=True)
         return {"status": "skipped", "reason": "no annotated training tasks", "skipped_tasks": dataset.skipped}
+    segmentation = None
+    if dataset.masks is not None:
+        progress.update(stage="segmenter", force=True)
+        segmentation = retrain_segmenter(settings, store, project_id, dataset.masks, run_dir / "segmenter",
+                                         choose_device(settings.device), gate_rule(settings))  # fmt: skip
+    if target is None:
+        progress.update(stage="done", result=f"segmenter {segmentation['status']}", force=True)
+        return {**segmentation, "skipped_tasks": dataset.skipped}
 
     splits = load_splits(run_dir / "data")
     validation = _validation_split(settings, splits, class_names)
@@ -185,7 +196,8 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     verdict = _report_to_project(settings, client, project_id, tasks, target, store)
     if not decision.passed:
         progress.update(stage="done", result="kept, not served", reason=decision.reason, force=True)
-        return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept), "queue_verdict": verdict}
+        return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept), "queue_verdict": verdict,
+                "segmentation": segmentation}  # fmt: skip
 
     scoring = enqueue_job(QueueConfig(**settings.queueing), "scoring", job.connection, REFRESH_PREDICTIONS, project_id,
                           version.name) if job is not None else None  # fmt: skip
@@ -198,6 +210,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
         "skipped_tasks": dataset.skipped,
         "scoring_job": scoring.id if scoring is not None else None,
         "queue_verdict": verdict,
+        "segmentation": segmentation,
     }
 
 
