@@ -1,9 +1,10 @@
 """The jobs RQ workers run: plain functions of plain arguments, configured by the worker's Settings.
 
 ``retrain_project``: export a project's labels, warm-start from the served model, train, gate,
-publish (the detector on boxes, the segmenter on brush and polygon masks: ``worker.mask_retrain``); then ``refresh_predictions`` fans the project's unlabelled tasks out over ``score_tasks``
-jobs that write the new version's predictions back to Label Studio and measure what the review
-queue ranks by; ``rank_queue`` runs after the last of them and writes the queue into the project.
+publish (the detector on boxes, the segmenter on brush and polygon masks: ``worker.mask_retrain``);
+then ``refresh_predictions`` fans the project's unlabelled tasks out over ``score_tasks`` jobs that
+write the new version's predictions back to Label Studio and measure what the review queue ranks
+by; ``rank_queue`` runs after the last of them and writes the queue into the project.
 """
 
 from __future__ import annotations
