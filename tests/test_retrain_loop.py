@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 import redis
@@ -388,3 +389,66 @@ def test_a_project_without_validation_tasks_gets_a_frozen_set_and_no_ungated_mod
     assert cli(env, "retrain", "--project", str(project_id)).returncode == 0
     start_worker(env, "--burst").wait(timeout=300)
     assert {task.id: client.tasks.get(id=task.id).data.get("split") for task in tasks} == expected
+
+
+OUTLINE_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="outline" toName="image"><Label value="Fracture"/></BrushLabels>
+</View>"""
+
+
+def test_brush_annotations_retrain_the_segmenter_behind_the_mask_gate(
+    label_studio: LabelStudioServer, home: Path, sample_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A masks-only project: the first segmenter is published once the frozen validation set holds
+    a fractured X-ray (the rule's minimum set to one for this test); a retrain after it starts from
+    it and is judged on Dice against it."""
+    from PIL import Image
+
+    from fracture_al.integrations.label_config import mask_targets
+    from fracture_al.integrations.mask_regions import brush_region
+    from fracture_al.worker.jobs import retrain_project
+
+    for name, value in {"FRACTURE_AL_HOME": str(home), "FRACTURE_AL_DEVICE": "cpu",
+                        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+                        "FRACTURE_AL_RETRAIN_EPOCHS": "1",
+                        "FRACTURE_AL_GATE_MIN_VALIDATION_IMAGES": "1", "FRACTURE_AL_GATE_MIN_VALIDATION_FRACTURES": "1",
+                        "FRACTURE_AL_VALIDATION_SHARE": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    project = client.projects.create(title="outlines", label_config=OUTLINE_CONFIG)
+    folder = label_studio.local_files_root / "outlines"
+    folder.mkdir()
+    images = sorted((sample_dir / "images").glob("*.jpg"))[:5]
+    for path in images:
+        shutil.copy(path, folder)
+    client.import_storage.local.create(project=project.id, path=str(folder), use_blob_urls=True)
+    client.projects.import_tasks(id=project.id, request=[
+        {"image": f"/data/local-files/?d=outlines/{path.name}", **({"split": "val"} if i == 4 else {})}
+        for i, path in enumerate(images)])  # fmt: skip
+    tasks = sorted(client.tasks.list(project=project.id), key=lambda task: task.id)
+    [target] = mask_targets(OUTLINE_CONFIG)
+    for index, (task, path) in enumerate(zip(tasks, images, strict=True)):
+        width, height = Image.open(path).size
+        mask = np.zeros((height, width), dtype=bool)
+        if index != 2:  # the third is annotated healthy
+            mask[height // 3 : height // 2, width // 3 : width // 2] = True
+        stroke = {k: v for k, v in brush_region(mask, target, 1.0).items() if k != "score"}
+        client.annotations.create(id=task.id, result=[stroke] if mask.any() else [], was_cancelled=False)
+
+    first = retrain_project(project.id)
+
+    assert first["status"] == "published", first
+    store = ModelStore(home / "models")
+    assert store.current_name("segmentation") == first["model_version"] != store.current_name()
+    version = store.get(first["model_version"])
+    assert version.task == "segmentation"
+    assert sorted(r["image_id"] for r in version.provenance["trained_on"]) == [t.id for t in tasks[:4]]
+    assert [r["image_id"] for r in version.provenance["validated_on"]] == [tasks[4].id]
+    assert version.provenance["gate"]["validation_fractures"] == 1
+
+    second = retrain_project(project.id)  # nothing new to learn: judged against the first, on Dice
+
+    assert second["status"] in {"published", "rejected"}, second
+    assert "Dice" in second["gate"]["reason"] and second["gate"]["delta_dice"] is not None
+    assert second["gate"]["current"]["dice"] == pytest.approx(first["gate"]["candidate"]["dice"])
