@@ -39,9 +39,9 @@ def retrain_segmenter(
     rule: GateRule,
 ) -> dict[str, Any]:
     """Train, gate and publish (or keep) a segmenter on the exported masks in ``masks``."""
-    splits = load_splits(masks)
-    if splits.get("train") is None:
+    if not (masks / "train.json").is_file():
         return {"status": "skipped", "reason": "no annotated training X-rays with a mask control"}
+    splits = load_splits(masks)
     current = store.current(SEGMENTATION) if store.current_name(SEGMENTATION) else None
     model_config = current.model_config if current else MaskModelConfig(SEGMENTATION, FIRST_ARCHITECTURE)
     train_config = MaskTrainConfig(epochs=settings.retrain_epochs, batch_size=settings.retrain_batch_size,
