@@ -129,8 +129,9 @@ def _evaluate_masks(dataset) -> dict[str, float] | None:
     both = dataset.exists(GROUND_TRUTH_MASK).exists(PREDICTED_MASK)
     if not len(both):
         return None
+    # Background named too: FiftyOne counts only the pixel values its mask targets name.
     results = both.evaluate_segmentations(PREDICTED_MASK, gt_field=GROUND_TRUTH_MASK, eval_key=MASK_EVAL_KEY,
-                                          mask_targets=MASK_TARGETS)  # fmt: skip
+                                          mask_targets={0: "background", **MASK_TARGETS})  # fmt: skip
     # FiftyOne's own dice_score() counts the background class as a hit too: the fracture class's Dice
     # is read off its pixel confusion matrix (rows truth, columns prediction).
     matrix = np.asarray(results.pixel_confusion_matrix, dtype=float)
