@@ -24,6 +24,7 @@ from fracture_al.detection.training import (
 
 CPU = torch.device("cpu")
 SMALL = ModelConfig(min_size=256, max_size=384)
+TINY = ModelConfig(min_size=128, max_size=160)  # for what needs iterations, not learning: a few times faster
 
 
 @pytest.mark.slow
@@ -73,7 +74,7 @@ def test_training_resumes_from_its_checkpoint(sample_dir: Path, tmp_path: Path) 
     splits = load_splits(sample_dir)
     run_dir = tmp_path / "run"
     first = fit(
-        SMALL,
+        TINY,
         TrainConfig(epochs=1, batch_size=8, workers=0),
         splits["train"],
         None,
@@ -82,7 +83,7 @@ def test_training_resumes_from_its_checkpoint(sample_dir: Path, tmp_path: Path) 
         init=Initialisation(),
     )
     resumed = fit(
-        SMALL,
+        TINY,
         TrainConfig(epochs=2, batch_size=8, workers=0),
         splits["train"],
         None,
@@ -128,7 +129,7 @@ def test_same_seed_same_run(sample_dir: Path, tmp_path: Path) -> None:
 
     def losses(seed: int, name: str) -> list[float]:
         config = TrainConfig(epochs=1, batch_size=8, workers=0, seed=seed)
-        outcome = fit(SMALL, config, splits["train"], None, tmp_path / name, device=CPU, init=Initialisation())
+        outcome = fit(TINY, config, splits["train"], None, tmp_path / name, device=CPU, init=Initialisation())
         return [row["loss"] for row in outcome.loss_log.iterations]
 
     first = losses(7, "a")
@@ -173,7 +174,7 @@ def test_a_time_budget_shortens_the_schedule_so_the_learning_rate_still_anneals(
     splits = load_splits(sample_dir)
     rates: list[float] = []
     outcome = fit(
-        SMALL,
+        TINY,
         TrainConfig(epochs=50, batch_size=8, workers=0, time_budget_minutes=0.25),
         splits["train"],
         None,
