@@ -281,10 +281,10 @@ def images_from_folder(data_dir: Path, splits: Sequence[str] = ("train", "val", 
             continue
         content = json.loads(path.read_text())
         boxes = boxes_by_image(content["annotations"], {c["id"]: c["name"] for c in content["categories"]})
-        outlined = any(polygons_of(a.get("segmentation")) for a in content["annotations"])
         outlines: dict[int, list] = {}
         for annotation in content["annotations"]:
             outlines.setdefault(annotation["image_id"], []).extend(polygons_of(annotation.get("segmentation")))
+        outlined = any(outlines.values())
         for entry in content["images"]:
             fields = {"split": split, "image_id": entry["id"]}
             fields.update({k: entry[k] for k in ("body_part", "view", "sha256") if k in entry})

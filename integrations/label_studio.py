@@ -170,7 +170,8 @@ def write_coco_dataset(
         image.save(folder / "images" / file_name)
         record = {"id": task["id"], "file_name": file_name, "width": image.width, "height": image.height,
                   "annotation_id": annotation.get("id")}  # fmt: skip
-        split = splits.setdefault(split_of(task), {"images": [], "annotations": []})
+        split_name = split_of(task)
+        split = splits.setdefault(split_name, {"images": [], "annotations": []})
         split["images"].append(record)
         for label, box in annotation_boxes(annotation, target, image.width, image.height) if target else []:
             if label not in class_of_label:
@@ -179,7 +180,7 @@ def write_coco_dataset(
                 annotation_record(len(split["annotations"]) + 1, task["id"], category_of[class_of_label[label]], box)
             )
         if mask_targets:
-            masks = outlined.setdefault(split_of(task), {"images": [], "annotations": []})
+            masks = outlined.setdefault(split_name, {"images": [], "annotations": []})
             masks["images"].append(record)
             mask = annotation_mask(annotation, mask_targets, image.width, image.height)
             for polygon in mask_to_polygons(mask):

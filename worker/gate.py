@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fracture_al.detection.bootstrap import paired_difference
+from fracture_al.detection.bootstrap import PairedDifference, paired_difference
 from fracture_al.detection.evaluation import ImageMatches, average_precision, sensitivity_at
 from fracture_al.detection.mask_metrics import MaskScores
 from fracture_al.integrations.task_predictions import display_threshold
@@ -70,12 +70,9 @@ def summary(images: Sequence[ImageMatches], threshold: float) -> dict[str, float
     return {"mAP50": average_precision(images), "sensitivity": sensitivity_at(images, threshold)}
 
 
-def missing_validation(images: Sequence[ImageMatches], rule: GateRule) -> dict[str, int] | None:
+def missing_validation(images: int, fractures: int, rule: GateRule) -> dict[str, int] | None:
     """How many more validation X-rays and fractures the rule needs, or None if it has enough."""
-    needs = {
-        "images": max(0, rule.min_images - len(images)),
-        "fractures": max(0, rule.min_fractures - sum(image.boxes for image in images)),
-    }
+    needs = {"images": max(0, rule.min_images - images), "fractures": max(0, rule.min_fractures - fractures)}
     return needs if any(needs.values()) else None
 
 
@@ -94,7 +91,7 @@ def quality_gate(
              "current": display_threshold(rule.threshold, current_threshold)}  # fmt: skip
     measured = {"validation_images": len(candidate), "validation_fractures": fractures, "thresholds": shown}
     new = summary(candidate, shown["candidate"])
-    needs = missing_validation(candidate, rule)
+    needs = missing_validation(len(candidate), fractures, rule)
     if needs is not None:
         reason = (f"validation set too small ({len(candidate)} X-rays, {fractures} fractures): label "
                   f"{needs['images']} more validation X-rays and {needs['fractures']} more fractures")  # fmt: skip
@@ -110,20 +107,28 @@ def quality_gate(
         current, candidate, lambda s: sensitivity_at(s, shown["current"]),
         statistic_b=lambda s: sensitivity_at(s, shown["candidate"]), **options,
     )  # fmt: skip
-    found = {"delta_map50": delta_map.to_dict(), "delta_sensitivity": delta_sensitivity.to_dict()}
-    common = {**measured, "candidate": new, "current": old, **found}
-    change = (f"mAP@50 {_number(old['mAP50'])} -> {_number(new['mAP50'])} (difference 95% interval "
-              f"{_number(delta_map.low)} to {_number(delta_map.high)})")  # fmt: skip
-    if delta_map.value is None or delta_map.value < rule.min_delta:
+    common = {**measured, "candidate": new, "current": old, "delta_map50": delta_map.to_dict(),
+              "delta_sensitivity": delta_sensitivity.to_dict()}  # fmt: skip
+    return _judge("mAP@50", "mAP50", delta_map, delta_sensitivity, rule, common)
+
+
+def _judge(metric: str, key: str, delta: PairedDifference, delta_sensitivity: PairedDifference, rule: GateRule,
+           common: dict[str, Any]) -> GateDecision:  # fmt: skip
+    """Steps 2 and 3 of the rule, on the paired differences of the main metric (``key`` in the
+    candidate's and current model's summaries) and of image-level sensitivity."""
+    old, new = common["current"], common["candidate"]
+    change = (f"{metric} {_number(old[key])} -> {_number(new[key])} (difference 95% interval "
+              f"{_number(delta.low)} to {_number(delta.high)})")  # fmt: skip
+    if delta.value is None or delta.value < rule.min_delta:
         return GateDecision(False, f"{change}: below the required gain of {rule.min_delta}", **common)
-    if (delta_map.probability_better or 0.0) < rule.confidence:
-        return GateDecision(False, f"{change}: better in only {delta_map.probability_better:.0%} of resamples "
+    if (delta.probability_better or 0.0) < rule.confidence:
+        return GateDecision(False, f"{change}: better in only {delta.probability_better:.0%} of resamples "
                                    f"(needs {rule.confidence:.0%})", **common)  # fmt: skip
     if delta_sensitivity.value is not None and delta_sensitivity.value < -rule.sensitivity_margin:
         return GateDecision(False, f"{change}, but sensitivity {_number(old['sensitivity'])} -> "
                                    f"{_number(new['sensitivity'])} drops more than {rule.sensitivity_margin}",
                             **common)  # fmt: skip
-    return GateDecision(True, f"{change}, better in {delta_map.probability_better:.0%} of resamples", **common)
+    return GateDecision(True, f"{change}, better in {delta.probability_better:.0%} of resamples", **common)
 
 
 def fractured_dice(scores: Sequence[MaskScores]) -> float | None:
@@ -144,8 +149,8 @@ def mask_gate(candidate: Sequence[MaskScores], current: Sequence[MaskScores] | N
     fractures = sum(s.fractured for s in candidate)
     measured = {"validation_images": len(candidate), "validation_fractures": fractures}
     new = {"dice": fractured_dice(candidate), "sensitivity": call_sensitivity(candidate)}
-    needs = {"images": max(0, rule.min_images - len(candidate)), "fractures": max(0, rule.min_fractures - fractures)}
-    if any(needs.values()):
+    needs = missing_validation(len(candidate), fractures, rule)
+    if needs is not None:
         reason = (f"validation set too small ({len(candidate)} X-rays, {fractures} fractured): label "
                   f"{needs['images']} more validation X-rays and {needs['fractures']} more fractured ones")  # fmt: skip
         return GateDecision(False, reason, **measured, candidate=new, current=None, needs=needs)
@@ -160,18 +165,7 @@ def mask_gate(candidate: Sequence[MaskScores], current: Sequence[MaskScores] | N
     delta_sensitivity = paired_difference(current, candidate, call_sensitivity, **options)
     common = {**measured, "candidate": new, "current": old, "delta_dice": delta_dice.to_dict(),
               "delta_sensitivity": delta_sensitivity.to_dict()}  # fmt: skip
-    change = (f"Dice {_number(old['dice'])} -> {_number(new['dice'])} (difference 95% interval "
-              f"{_number(delta_dice.low)} to {_number(delta_dice.high)})")  # fmt: skip
-    if delta_dice.value is None or delta_dice.value < rule.min_delta:
-        return GateDecision(False, f"{change}: below the required gain of {rule.min_delta}", **common)
-    if (delta_dice.probability_better or 0.0) < rule.confidence:
-        return GateDecision(False, f"{change}: better in only {delta_dice.probability_better:.0%} of resamples "
-                                   f"(needs {rule.confidence:.0%})", **common)  # fmt: skip
-    if delta_sensitivity.value is not None and delta_sensitivity.value < -rule.sensitivity_margin:
-        return GateDecision(False, f"{change}, but sensitivity {_number(old['sensitivity'])} -> "
-                                   f"{_number(new['sensitivity'])} drops more than {rule.sensitivity_margin}",
-                            **common)  # fmt: skip
-    return GateDecision(True, f"{change}, better in {delta_dice.probability_better:.0%} of resamples", **common)
+    return _judge("Dice", "dice", delta_dice, delta_sensitivity, rule, common)
 
 
 def _number(value: float | None) -> str:

@@ -59,8 +59,9 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
     version = resolve_version(settings, model_version)
     device = choose_device(settings.device)
     predictor = Predictor.from_version(version, device)
-    segmentation = model_store(settings).current_name("segmentation")
-    segmenter = MaskPredictor.from_version(model_store(settings).get(segmentation), device) if segmentation else None
+    store = model_store(settings)
+    segmentation = store.current_name("segmentation")
+    segmenter = MaskPredictor.from_version(store.get(segmentation), device) if segmentation else None
     if data_dir is not None:
         name = name or f"fracture-al-{data_dir.resolve().name}"
         images = images_from_folder(data_dir)
