@@ -92,6 +92,7 @@ class ModelVersion:
 
 
 DETECTION = "detection"
+SEGMENTATION = "segmentation"
 
 
 def task_of(config: dict[str, Any]) -> str:

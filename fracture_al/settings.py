@@ -163,9 +163,11 @@ class Settings(BaseSettings):
                 "retrain_min_new_annotations": self.retrain_min_new_annotations,
                 "retrain_job_timeout_seconds": self.retrain_job_timeout_seconds}  # fmt: skip
 
-    def queue_ranking(self, **overrides: Any) -> dict[str, Any]:
-        """How the review queue is ranked (sampling/queue.py's options), with any given override."""
-        options = {"uncertainty": self.queue_uncertainty, "aggregation": self.queue_aggregation,
+    def queue_ranking(self, task: str = "detection", **overrides: Any) -> dict[str, Any]:
+        """How the review queue of a ``task`` model's scores is ranked (sampling/queue.py's options),
+        with any given override. A segmenter's scores hold one uncertainty, its masks'."""
+        uncertainty = "mask" if task == "segmentation" else self.queue_uncertainty
+        options = {"uncertainty": uncertainty, "aggregation": self.queue_aggregation,
                    "strategy": self.queue_strategy, "batch_size": self.queue_batch_size,
                    "random_share": self.queue_random_share, "seed": self.seed}  # fmt: skip
         return {**options, **{key: value for key, value in overrides.items() if value is not None}}

@@ -102,7 +102,7 @@ def build_dataset(
     dataset.add_samples([_sample(s, tags_of.get(str(s.image.filepath), [])) for s in samples])
     dataset.compute_metadata()
 
-    labelled = dataset.exists(GROUND_TRUTH)
+    labelled = dataset.exists(GROUND_TRUTH)  # with boxes: what the detector is evaluated on
     mAP, counts, pr_curve = None, {"tp": 0, "fp": 0, "fn": 0}, None
     if len(labelled):
         results = labelled.evaluate_detections(
@@ -115,7 +115,9 @@ def build_dataset(
     embeddings = np.stack([s.embedding for s in samples]) if samples else np.zeros((0, 1))
     duplicates = _embedding_methods(dataset, embeddings, duplicate_threshold)
     views = _save_views(dataset, score_threshold, duplicates)
-    return InspectionSummary(name, len(dataset), len(labelled), mAP, counts["tp"], counts["fp"], counts["fn"],
+    # Labelled: with boxes or a mask (a project may draw only masks).
+    labelled_count = sum(s.image.ground_truth is not None or s.image.mask is not None for s in samples)
+    return InspectionSummary(name, len(dataset), labelled_count, mAP, counts["tp"], counts["fp"], counts["fn"],
                              views, pr_curve, _evaluate_masks(dataset))  # fmt: skip
 
 
@@ -299,9 +301,10 @@ def images_from_label_studio(
     client, project_id: int, fetch, media_dir: Path, target, mask_targets: Sequence = ()
 ) -> list[LabelledImage]:
     """Every task of the project: its image (fetched once into ``media_dir``: FiftyOne reads local
-    files), the latest annotation's boxes as ground truth (None while unlabelled) and, where the
-    config has brush or polygon controls (``mask_targets``), the fracture mask it draws; task id,
-    split, queue rank and de-identified DICOM tags. ``fetch`` maps an image reference to its bytes."""
+    files), the latest annotation's boxes as ground truth (None while unlabelled, and in a config
+    without boxes: ``target`` None) and, where the config has brush or polygon controls
+    (``mask_targets``), the fracture mask it draws; task id, split, queue rank and de-identified
+    DICOM tags. ``fetch`` maps an image reference to its bytes."""
     from PIL import Image
 
     from fracture_al.detection.images import ImageLoadError, load_image
@@ -309,7 +312,8 @@ def images_from_label_studio(
     from fracture_al.integrations.label_studio import annotation_boxes, latest_annotation
     from fracture_al.integrations.mask_regions import annotation_mask
 
-    class_of_label = {label: name for name, label in target.label_of_class.items()}
+    value_key = target.value_key if target is not None else mask_targets[0].value_key
+    class_of_label = {label: name for name, label in target.label_of_class.items()} if target is not None else {}
     media_dir.mkdir(parents=True, exist_ok=True)
     images = []
     for task in client.tasks.list(project=project_id, fields="all"):
@@ -320,7 +324,7 @@ def images_from_label_studio(
                 with Image.open(path) as cached:  # the header is enough for the size
                     width, height = cached.size
             else:
-                image = load_image(fetch(data.get(target.value_key)), name=f"task {task.id}")
+                image = load_image(fetch(data.get(value_key)), name=f"task {task.id}")
                 image.save(path)
                 width, height = image.size
         except (ImageFetchError, ImageLoadError) as error:
@@ -328,11 +332,13 @@ def images_from_label_studio(
             continue
         annotation = latest_annotation({"annotations": task.annotations or []})
         truth, mask = None, None
-        if annotation is not None:
+        if annotation is not None and target is not None:
             truth = [(class_of_label[label], box) for label, box in annotation_boxes(annotation, target, width, height)
                      if label in class_of_label]  # fmt: skip
-            mask = annotation_mask(annotation, mask_targets, width, height) if mask_targets else None
-        fields = {"task_id": task.id, "split": data.get(SPLIT_FIELD, "train" if truth is not None else "unlabelled")}
+        if annotation is not None and mask_targets:
+            mask = annotation_mask(annotation, mask_targets, width, height)
+        split = data.get(SPLIT_FIELD, "train" if annotation is not None else "unlabelled")
+        fields = {"task_id": task.id, "split": split}
         fields.update({k: v for k, v in data.items() if k.startswith("dicom_") or k in REVIEW_FIELDS})
         images.append(LabelledImage(path, width, height, truth, fields, mask))
     return images
@@ -342,10 +348,10 @@ def label_studio_images(
     client, project_id: int, class_names: Sequence[str], fetch: Callable[[str], bytes], media_dir: Path
 ) -> list[LabelledImage]:
     """The project's tasks as images to inspect, boxes and masks read through its labelling config."""
-    from fracture_al.integrations.label_config import mask_targets, rectangle_target
+    from fracture_al.integrations.label_config import has_rectangles, mask_targets, rectangle_target
 
     config = client.projects.get(id=project_id).label_config
-    target = rectangle_target(config, tuple(class_names))
+    target = rectangle_target(config, tuple(class_names)) if has_rectangles(config) else None
     return images_from_label_studio(client, project_id, fetch, media_dir, target, mask_targets(config))
 
 

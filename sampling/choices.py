@@ -2,6 +2,6 @@
 
 from typing import Literal
 
-Uncertainty = Literal["least_confidence", "entropy", "margin", "tta", "cald", "hard_negative"]
+Uncertainty = Literal["least_confidence", "entropy", "margin", "tta", "cald", "hard_negative", "mask"]
 Aggregation = Literal["max", "mean", "sum"]
 Strategy = Literal["uncertainty", "k_center", "kmeans_pp"]

@@ -1,7 +1,8 @@
 """The review queue: unlabelled X-rays ranked by how much labelling them should teach the model.
 
-Pure ranking over what the scoring jobs measured per task (its candidate box scores, box stability
-under test-time augmentation, a backbone embedding); no model, no Label Studio, no Redis.
+Pure ranking over what the scoring jobs measured per task (a detector's candidate box scores, box
+stability under test-time augmentation and backbone embedding; a segmenter's mask uncertainty); no
+model, no Label Studio, no Redis.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ class TaskSignals:
     """What one scoring pass measured on one unlabelled task."""
 
     task_id: int
-    box_scores: list[float]  # every candidate box the detector returned, before any display threshold
+    # Every candidate box the detector returned, before any display threshold; None when a
+    # segmentation model scored the task.
+    box_scores: list[float] | None
     instability: float | None  # localisation instability under TTA; None when TTA was off
     embedding: list[float] | None
     consistency: float | None = None  # CALD's consistency under TTA (lower = label first); None when TTA was off
+    mask_uncertainty: float | None = None  # a segmenter's (sampling/uncertainty.mask_uncertainty)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,25 +55,30 @@ class QueueEntry:
         return asdict(self)
 
 
-# The scores measured on test-time augmented views, by the TaskSignals field that holds them, and
-# how each becomes "higher = label first".
-AUGMENTED_SCORES = {"tta": ("instability", lambda value: value), "cald": ("consistency", lambda value: 1.0 - value)}
+# The uncertainties measured as one number per task, by the TaskSignals field that holds it, how
+# it becomes "higher = label first", and what to do when a task was scored without it.
+MEASURED_SCORES = {
+    "tta": ("instability", lambda value: value, "turn FRACTURE_AL_SCORE_WITH_TTA on and re-score"),
+    "cald": ("consistency", lambda value: 1.0 - value, "turn FRACTURE_AL_SCORE_WITH_TTA on and re-score"),
+    "mask": ("mask_uncertainty", lambda value: value, "a detector scored them: rank with a box uncertainty"),
+}
+# Every other uncertainty is one of the detector's box scores, aggregated over the X-ray.
+BOX_SCORES = ("box_scores", None, "a segmentation model scored them: rank with the 'mask' uncertainty")
 
 
 def uncertainty_scores(
     signals: Sequence[TaskSignals], uncertainty: Uncertainty = "entropy", aggregation: Aggregation = "max"
 ) -> np.ndarray:
     """One acquisition score per task, higher = label first: a box-score uncertainty aggregated over
-    the X-ray, or one measured under test-time augmentation: localisation instability (``"tta"``)
-    or CALD's consistency (``"cald"``, sampling/uncertainty.cald_consistency)."""
-    if uncertainty in AUGMENTED_SCORES:
-        field, to_score = AUGMENTED_SCORES[uncertainty]
-        missing = [s.task_id for s in signals if getattr(s, field) is None]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} task(s) were scored without test-time augmentation (e.g. task {missing[0]}); "
-                "turn FRACTURE_AL_SCORE_WITH_TTA on and re-score, or choose another uncertainty"
-            )
+    the X-ray, one measured under test-time augmentation (localisation instability, ``"tta"``, or
+    CALD's consistency, ``"cald"``), or a segmenter's mask uncertainty (``"mask"``). Raises
+    ValueError when a task was scored without what ``uncertainty`` needs."""
+    field, to_score, remedy = MEASURED_SCORES.get(uncertainty, BOX_SCORES)
+    missing = [s.task_id for s in signals if getattr(s, field) is None]
+    if missing:
+        raise ValueError(f"{len(missing)} task(s) were scored without what the '{uncertainty}' uncertainty needs "
+                         f"(e.g. task {missing[0]}): {remedy}, or choose another uncertainty")  # fmt: skip
+    if to_score is not None:
         return np.array([to_score(getattr(s, field)) for s in signals], dtype=float)
     return np.array([image_uncertainty(np.array(s.box_scores), uncertainty, aggregation) for s in signals])
 

@@ -110,9 +110,10 @@ def test_evaluation_mistakenness_duplicates_views_and_tags(sample_dir: Path, dat
 
 
 def test_masks_are_segmentation_labels_evaluated_pixel_by_pixel(sample_dir: Path, dataset_name: str) -> None:
-    """A: a 10x10 fracture, half of it predicted. B: healthy, 50 pixels predicted. C: a fracture and no
-    segmenter's mask. Pooled over A and B: 50 hits, 50 misses, 50 false pixels -> Dice 100 / 200 =
-    0.5; 100 wrong pixels of 2 x 50 x 40 -> pixel accuracy 0.975. C is not evaluated."""
+    """A: a 10x10 fracture, half of it predicted. B: healthy, labelled with a mask only (a masks-only
+    project), 50 pixels predicted. C: a fracture and no segmenter's mask. Pooled over A and B: 50
+    hits, 50 misses, 50 false pixels -> Dice 100 / 200 = 0.5; 100 wrong pixels of 2 x 50 x 40 ->
+    pixel accuracy 0.975. C is not evaluated; all three are labelled."""
     import fiftyone as fo
 
     files = sorted((sample_dir / "images").glob("*.jpg"))[:3]
@@ -121,7 +122,7 @@ def test_masks_are_segmentation_labels_evaluated_pixel_by_pixel(sample_dir: Path
     left_half[10:20, 10:15] = True
     elsewhere[30:35, 20:30] = True
     box = [10.0, 10.0, 20.0, 20.0]
-    cases = [([("fracture", box)], square, left_half), ([], empty, elsewhere), ([("fracture", box)], square, None)]
+    cases = [([("fracture", box)], square, left_half), (None, empty, elsewhere), ([("fracture", box)], square, None)]
     samples = []
     for i, (path, (truth, mask, predicted)) in enumerate(zip(files, cases, strict=True)):
         image = LabelledImage(path, 40, 50, truth, {"case": "ABC"[i]}, mask)
@@ -130,6 +131,7 @@ def test_masks_are_segmentation_labels_evaluated_pixel_by_pixel(sample_dir: Path
     summary = build_dataset(dataset_name, samples, score_threshold=0.5, duplicate_threshold=0.01)
 
     assert summary.segmentation == pytest.approx({"images": 2, "dice": 0.5, "pixel_accuracy": 0.975})
+    assert (summary.samples, summary.labelled) == (3, 3)
     dataset = fo.load_dataset(dataset_name)
     assert dataset.default_mask_targets == {1: "fracture"}
     by_case = {s["case"]: s for s in dataset}

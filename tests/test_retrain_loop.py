@@ -20,6 +20,7 @@ import psutil
 import pytest
 import redis
 import requests
+import torch
 from label_studio_sdk import LabelStudio
 from werkzeug.serving import make_server
 
@@ -397,44 +398,63 @@ OUTLINE_CONFIG = """<View>
 </View>"""
 
 
-def test_brush_annotations_retrain_the_segmenter_behind_the_mask_gate(
-    label_studio: LabelStudioServer, home: Path, sample_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_brush_annotations_retrain_the_segmenter_behind_the_mask_gate_and_rank_its_queue(
+    label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     """A masks-only project: the first segmenter is published once the frozen validation set holds
-    a fractured X-ray (the rule's minimum set to one for this test); a retrain after it starts from
-    it and is judged on Dice against it."""
-    from PIL import Image
+    a fractured X-ray (the rule's minimum set to one for this test); its masks pre-annotate the
+    unlabelled X-rays and its mask uncertainty ranks their queue; a retrain after it starts from it
+    and is judged on Dice against it."""
+    from PIL import Image, ImageOps
 
+    from fracture_al.detection.images import load_image
+    from fracture_al.detection.mask_predictor import MaskPredictor
+    from fracture_al.integrations.fiftyone_inspect import label_studio_images
+    from fracture_al.integrations.image_source import ImageSource, LabelStudioConnection
     from fracture_al.integrations.label_config import mask_targets
     from fracture_al.integrations.mask_regions import brush_region
+    from fracture_al.sampling.uncertainty import mask_uncertainty
     from fracture_al.worker.jobs import retrain_project
 
-    for name, value in {"FRACTURE_AL_HOME": str(home), "FRACTURE_AL_DEVICE": "cpu",
-                        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-                        "FRACTURE_AL_RETRAIN_EPOCHS": "1",
-                        "FRACTURE_AL_GATE_MIN_VALIDATION_IMAGES": "1", "FRACTURE_AL_GATE_MIN_VALIDATION_FRACTURES": "1",
-                        "FRACTURE_AL_VALIDATION_SHARE": "0"}.items():  # fmt: skip
+    env = loop_environment(home, redis_url, queue_prefix, label_studio, FRACTURE_AL_RETRAIN_EPOCHS="1",
+                           FRACTURE_AL_GATE_MIN_VALIDATION_IMAGES="1", FRACTURE_AL_GATE_MIN_VALIDATION_FRACTURES="1",
+                           FRACTURE_AL_VALIDATION_SHARE="0")  # fmt: skip
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     project = client.projects.create(title="outlines", label_config=OUTLINE_CONFIG)
     folder = label_studio.local_files_root / "outlines"
     folder.mkdir()
-    images = sorted((sample_dir / "images").glob("*.jpg"))[:5]
+    images = sorted((sample_dir / "images").glob("*.jpg"))[:7]  # the last two stay unlabelled
     for path in images:
         shutil.copy(path, folder)
     client.import_storage.local.create(project=project.id, path=str(folder), use_blob_urls=True)
     client.projects.import_tasks(id=project.id, request=[
         {"image": f"/data/local-files/?d=outlines/{path.name}", **({"split": "val"} if i == 4 else {})}
         for i, path in enumerate(images)])  # fmt: skip
-    tasks = sorted(client.tasks.list(project=project.id), key=lambda task: task.id)
+    *tasks, unlabelled_a, unlabelled_b = sorted(client.tasks.list(project=project.id), key=lambda task: task.id)
     [target] = mask_targets(OUTLINE_CONFIG)
-    for index, (task, path) in enumerate(zip(tasks, images, strict=True)):
+    for index, (task, path) in enumerate(zip(tasks, images[:5], strict=True)):
         width, height = Image.open(path).size
         mask = np.zeros((height, width), dtype=bool)
         if index != 2:  # the third is annotated healthy
             mask[height // 3 : height // 2, width // 3 : width // 2] = True
         stroke = {k: v for k, v in brush_region(mask, target, 1.0).items() if k != "score"}
         client.annotations.create(id=task.id, result=[stroke] if mask.any() else [], was_cancelled=False)
+
+    # What `inspect` reads of a project without boxes: each annotated X-ray's mask, no boxes.
+    settings = Settings()
+    source = ImageSource(**settings.image_fetching)
+    connection = LabelStudioConnection(label_studio.url, label_studio.token)
+    inspected = label_studio_images(client, project.id, ["fracture"], lambda ref: source.fetch(ref, connection),
+                                    tmp_path / "media")  # fmt: skip
+    by_id = {image.fields["task_id"]: image for image in inspected}
+    assert sorted(by_id) == sorted(t.id for t in [*tasks, unlabelled_a, unlabelled_b])
+    assert all(image.ground_truth is None for image in inspected)
+    assert [int(by_id[t.id].mask.sum() > 0) for t in tasks] == [1, 1, 0, 1, 1]
+    assert by_id[unlabelled_a.id].mask is None and by_id[unlabelled_a.id].fields["split"] == "unlabelled"
+    assert by_id[tasks[4].id].fields["split"] == "val"
 
     first = retrain_project(project.id)
 
@@ -446,6 +466,27 @@ def test_brush_annotations_retrain_the_segmenter_behind_the_mask_gate(
     assert sorted(r["image_id"] for r in version.provenance["trained_on"]) == [t.id for t in tasks[:4]]
     assert [r["image_id"] for r in version.provenance["validated_on"]] == [tasks[4].id]
     assert version.provenance["gate"]["validation_fractures"] == 1
+
+    # The queue of a project without boxes: the worker scores it with the segmenter.
+    assert cli(env, "queue", "--project", str(project.id), "--refresh").returncode == 0
+    start_worker(env, "--burst").wait(timeout=300)
+    printed = cli(env, "queue", "--project", str(project.id), "--json", "--top", "0")
+    assert printed.returncode == 0, printed.stderr
+    queue = json.loads(printed.stdout)
+    assert queue["model_version"] == version.name and queue["options"]["uncertainty"] == "mask"
+    by_task = {entry["task_id"]: entry for entry in queue["entries"]}
+    assert sorted(by_task) == [unlabelled_a.id, unlabelled_b.id]
+    # Each X-ray's uncertainty is the segmenter's, measured again here with its flipped view.
+    segmenter = MaskPredictor.from_version(version, torch.device("cpu"))
+    for task, path in ((unlabelled_a, images[5]), (unlabelled_b, images[6])):
+        image = load_image(path)
+        [plain], [flipped] = segmenter.predict([image]), segmenter.predict([ImageOps.mirror(image)])
+        expected = mask_uncertainty(plain.probabilities, np.fliplr(flipped.probabilities))
+        assert by_task[task.id]["uncertainty"] == pytest.approx(expected, abs=1e-4)
+        [prediction] = client.predictions.list(task=task.id)
+        assert prediction.model_version == version.name
+        assert {region["type"] for region in prediction.result} <= {"brushlabels"}
+        assert client.tasks.get(id=task.id).data["review_rank"] == by_task[task.id]["rank"]
 
     second = retrain_project(project.id)  # nothing new to learn: judged against the first, on Dice
 

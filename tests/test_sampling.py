@@ -145,7 +145,7 @@ def test_queue_by_tta_instability_and_its_clear_error_without_tta() -> None:
 
     signals = [_signals(1, [0.9], instability=0.1), _signals(2, [0.9], instability=0.7)]
     assert [e.task_id for e in rank_tasks(signals, uncertainty="tta", strategy="uncertainty")] == [2, 1]
-    with pytest.raises(ValueError, match="without test-time augmentation"):
+    with pytest.raises(ValueError, match="turn FRACTURE_AL_SCORE_WITH_TTA on"):
         rank_tasks([_signals(1, [0.9])], uncertainty="tta")
 
 
@@ -180,8 +180,22 @@ def test_queue_by_cald_ranks_low_consistency_first() -> None:
     queue = rank_tasks(signals, uncertainty="cald", strategy="uncertainty")
     assert [e.task_id for e in queue] == [2, 3, 1]
     assert [e.uncertainty for e in queue] == pytest.approx([0.85, 0.6, 0.35])
-    with pytest.raises(ValueError, match="without test-time augmentation"):
+    with pytest.raises(ValueError, match="turn FRACTURE_AL_SCORE_WITH_TTA on"):
         rank_tasks([_signals(1, [0.9], instability=0.2)], uncertainty="cald")
+
+
+def test_queue_of_a_segmenter_ranks_by_mask_uncertainty_and_refuses_box_uncertainties() -> None:
+    from fracture_al.sampling.queue import TaskSignals, rank_tasks
+
+    masks = [TaskSignals(task_id, None, None, None, mask_uncertainty=value)
+             for task_id, value in ((1, 0.2), (2, 0.9), (3, 0.5))]  # fmt: skip
+    queue = rank_tasks(masks, uncertainty="mask", strategy="k_center", batch_size=2)  # no embeddings: by uncertainty
+    assert [e.task_id for e in queue] == [2, 3, 1]
+    assert [e.uncertainty for e in queue] == pytest.approx([0.9, 0.5, 0.2])
+    with pytest.raises(ValueError, match="a segmentation model scored them: rank with the 'mask' uncertainty"):
+        rank_tasks(masks, uncertainty="hard_negative")
+    with pytest.raises(ValueError, match=r"e\.g\. task 7\): a detector scored them"):
+        rank_tasks([_signals(7, [0.4])], uncertainty="mask")
 
 
 def test_mask_uncertainty_on_built_maps() -> None:

@@ -21,17 +21,25 @@ from rq.job import Dependency, Job
 
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import ImageMatches, match_detections
+from fracture_al.detection.mask_predictor import MaskPredictor
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.provenance import PROVENANCE_FILE, exported_records
 from fracture_al.detection.shipped_model import open_store, verify_version
-from fracture_al.detection.store import ModelStore, load_model, write_json
+from fracture_al.detection.store import DETECTION, SEGMENTATION, ModelStore, ModelVersion, load_model, write_json
 from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.detection.versioning import data_sources, staged_outcome
 from fracture_al.integrations import label_studio
 from fracture_al.integrations.image_source import ImageSource, LabelStudioConnection
-from fracture_al.integrations.label_config import RectangleTarget, has_rectangles, mask_targets, rectangle_target
-from fracture_al.integrations.task_predictions import TaskPredictor
+from fracture_al.integrations.label_config import (
+    RectangleTarget,
+    choice_target,
+    has_rectangles,
+    mask_targets,
+    rectangle_target,
+)
+from fracture_al.integrations.mask_predictions import MaskTaskPredictor
+from fracture_al.integrations.task_predictions import TaskPrediction, TaskPredictor
 from fracture_al.settings import Settings
 from fracture_al.worker.connection import REDIS_TROUBLE
 from fracture_al.worker.gate import GateRule, quality_gate
@@ -140,8 +148,10 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
         segmentation = retrain_segmenter(settings, store, project_id, dataset.masks, run_dir / "segmenter",
                                          choose_device(settings.device), gate_rule(settings))  # fmt: skip
     if target is None:
+        # Without boxes, the segmenter's masks are the project's pre-annotations and its queue.
+        scoring = _refresh(settings, job, project_id, segmentation.get("model_version"))
         progress.update(stage="done", result=f"segmenter {segmentation['status']}", force=True)
-        return {**segmentation, "skipped_tasks": dataset.skipped}
+        return {**segmentation, "skipped_tasks": dataset.skipped, "scoring_job": scoring}
 
     splits = load_splits(run_dir / "data")
     validation = _validation_split(settings, splits, class_names)
@@ -200,8 +210,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
         return {"status": "rejected", "gate": decision.to_dict(), "kept_at": str(kept), "queue_verdict": verdict,
                 "segmentation": segmentation}  # fmt: skip
 
-    scoring = enqueue_job(QueueConfig(**settings.queueing), "scoring", job.connection, REFRESH_PREDICTIONS, project_id,
-                          version.name) if job is not None else None  # fmt: skip
+    scoring = _refresh(settings, job, project_id, version.name)
     progress.update(stage="done", result="published", model_version=version.name, reason=decision.reason, force=True)
     return {
         "status": "published",
@@ -209,18 +218,34 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
         "gate": decision.to_dict(),
         "train_images": dataset.counts.get("train", 0),
         "skipped_tasks": dataset.skipped,
-        "scoring_job": scoring.id if scoring is not None else None,
+        "scoring_job": scoring,
         "queue_verdict": verdict,
         "segmentation": segmentation,
     }
 
 
-def refresh_predictions(project_id: int, model_version: str) -> dict[str, Any]:
+def _refresh(settings: Settings, job: Job | None, project_id: int, published: str | None) -> str | None:
+    """Queue the scoring of the project's unlabelled tasks with a just-published version; the id
+    of that job, or None when nothing was published or no queue runs this job."""
+    if published is None or job is None:
+        return None
+    return enqueue_job(QueueConfig(**settings.queueing), "scoring", job.connection, REFRESH_PREDICTIONS, project_id,
+                       published).id  # fmt: skip
+
+
+def refresh_predictions(project_id: int, model_version: str | None = None) -> dict[str, Any]:
     """Fan the project's unlabelled tasks out, in chunks, over ``score_tasks`` jobs on every worker,
-    and queue ``rank_queue`` to run once they have all ended."""
+    and queue ``rank_queue`` to run once they have all ended. Without ``model_version``, the
+    project's current model: the detector where its labelling config draws boxes, else the segmenter."""
     settings = Settings()
     job = get_current_job()
-    task_ids = label_studio.unlabelled_task_ids(label_studio_client(settings), project_id)
+    client = label_studio_client(settings)
+    if model_version is None:
+        boxes = has_rectangles(client.projects.get(id=project_id).label_config)
+        model_version = open_store(settings.models_dir).current_name(DETECTION if boxes else SEGMENTATION)
+        if model_version is None:
+            raise RuntimeError(f"project {project_id} draws masks only and no segmentation model is published yet")
+    task_ids = label_studio.unlabelled_task_ids(client, project_id)
     size, queues = settings.scoring_chunk_size, QueueConfig(**settings.queueing)
     chunks = [task_ids[start : start + size] for start in range(0, len(task_ids), size)]
     jobs = [
@@ -230,7 +255,8 @@ def refresh_predictions(project_id: int, model_version: str) -> dict[str, Any]:
     # A chunk that fails for good (after its retries) must not hold the queue back: rank what was scored.
     ranking = enqueue_job(queues, "scoring", job.connection, RANK_QUEUE, project_id, model_version,
                           depends_on=Dependency(jobs=jobs, allow_failure=True) if jobs else None)  # fmt: skip
-    return {"tasks": len(task_ids), "chunks": len(chunks), "jobs": [j.id for j in jobs], "rank_job": ranking.id}
+    return {"model_version": model_version, "tasks": len(task_ids), "chunks": len(chunks), "jobs": [j.id for j in jobs],
+            "rank_job": ranking.id}  # fmt: skip
 
 
 def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dict[str, Any]:
@@ -241,27 +267,35 @@ def score_tasks(project_id: int, task_ids: list[int], model_version: str) -> dic
     client = label_studio_client(settings)
     signal_store = ReviewQueueStore(settings.queue_prefix, job.connection) if job is not None else None
     scored = signal_store.scored_task_ids(project_id, model_version) if signal_store else set()
-    predictor = Predictor.from_version(
-        open_store(settings.models_dir).get(model_version), choose_device(settings.device)
-    )
+    version = open_store(settings.models_dir).get(model_version)
     label_config = client.projects.get(id=project_id).label_config
     listed = label_studio.tasks_with_predictions(client, project_id, task_ids)
     # Never a second prediction of the same version on a task.
     predicted = {task["id"] for task in listed if model_version in task["prediction_versions"]}
     tasks = [{"id": t["id"], "data": t["data"]} for t in listed if t["id"] not in predicted or t["id"] not in scored]
-    cache = ScoredPredictions(lambda: job.connection, settings.queue_prefix) if job is not None else None
-    predictor_of_tasks = TaskPredictor.create(
-        ImageSource(**settings.image_fetching), **settings.task_predicting, cache=cache
-    )
-    predictions = predictor_of_tasks.predict(
-        tasks, label_config, predictor, label_studio_connection(settings), measure=True
-    )
+    predictions = _measured_predictions(settings, job, version, tasks, label_config)
     if signal_store is not None:
         signal_store.save_signals(project_id, model_version, (p.signals for p in predictions if p.signals))
     new = [p for p in predictions if p.error is None and p.task_id not in predicted]
     written = label_studio.write_predictions(client, project_id, ((p.task_id, p.to_label_studio()) for p in new))
     failed = {p.task_id: p.error for p in predictions if p.error is not None}
     return {"written": written, "failed": failed, "already_done": len(task_ids) - len(tasks)}
+
+
+def _measured_predictions(settings: Settings, job: Job | None, version: ModelVersion, tasks: list[dict[str, Any]],
+                          label_config: str) -> list[TaskPrediction]:  # fmt: skip
+    """The version's pre-annotations of the tasks and what the review queue ranks them by: a
+    segmentation version's masks (and the X-ray's call), else the detector's boxes."""
+    device, connection = choose_device(settings.device), label_studio_connection(settings)
+    source = ImageSource(**settings.image_fetching)
+    if version.task == SEGMENTATION:
+        masks = MaskTaskPredictor(source, settings.predict_batch_size, with_tta=settings.score_with_tta)
+        return masks.predict(tasks, mask_targets(label_config), choice_target(label_config), connection,
+                             segmenter=MaskPredictor.from_version(version, device), classifier=None, detector=None,
+                             measure=True)  # fmt: skip
+    cache = ScoredPredictions(lambda: job.connection, settings.queue_prefix) if job is not None else None
+    boxes = TaskPredictor.create(source, **settings.task_predicting, cache=cache)
+    return boxes.predict(tasks, label_config, Predictor.from_version(version, device), connection, measure=True)
 
 
 def rank_queue(project_id: int, model_version: str) -> dict[str, Any]:
@@ -273,12 +307,13 @@ def rank_queue(project_id: int, model_version: str) -> dict[str, Any]:
     job = get_current_job()
     client = label_studio_client(settings)
     store = ReviewQueueStore(settings.queue_prefix, job.connection)
-    options = settings.queue_ranking()
+    task = open_store(settings.models_dir).get(model_version).task
+    options = settings.queue_ranking(task)
     unlabelled = set(label_studio.unlabelled_task_ids(client, project_id))
     entries = rank_stored_signals(store, project_id, model_version, unlabelled, options)
     written = label_studio.write_review_queue(client, project_id, model_version, entries)
     view_id = label_studio.ensure_review_queue_view(client, project_id)
-    store.save_ranking(project_id, {"model_version": model_version, "options": options,
+    store.save_ranking(project_id, {"model_version": model_version, "task": task, "options": options,
                                     "entries": [entry.to_dict() for entry in entries]})  # fmt: skip
     return {"ranked": len(entries), "written": written, "unscored": len(unlabelled) - len(entries),
             "view": view_id, **options}  # fmt: skip

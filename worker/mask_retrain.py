@@ -19,13 +19,12 @@ from fracture_al.detection.mask_models import MaskModelConfig
 from fracture_al.detection.mask_training import MaskTrainConfig, evaluate_masks, fit_masks
 from fracture_al.detection.provenance import PROVENANCE_FILE, exported_records
 from fracture_al.detection.shipped_model import verify_version
-from fracture_al.detection.store import ModelStore, ModelVersion, load_model, write_json
+from fracture_al.detection.store import SEGMENTATION, ModelStore, ModelVersion, load_model, write_json
 from fracture_al.detection.training import DataSplit, load_splits
 from fracture_al.detection.versioning import data_sources, staged_mask_outcome
 from fracture_al.settings import Settings
 from fracture_al.worker.gate import GateRule, mask_gate
 
-SEGMENTATION = "segmentation"
 FIRST_ARCHITECTURE = "unet"  # the study's best segmenter on FracAtlas (benchmarks/reported/segmentation_study_gpu)
 
 

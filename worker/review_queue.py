@@ -55,12 +55,13 @@ def rank_stored_signals(
     return rank_tasks(signals, **options)
 
 
-def queue_as_ranked(store: ReviewQueueStore, project_id: int, options: dict[str, Any]) -> dict[str, Any] | None:
-    """The queue last written to Label Studio (``{"model_version", "options", "entries"}``), ranked
-    again from the same stored scores when ``options`` differ from the ones it was ranked with;
-    None while the project has no queue. Raises ValueError for options the scores cannot serve."""
-    ranking = store.ranking(project_id)
-    if ranking is None or options == ranking["options"]:
+def ranked_with(
+    store: ReviewQueueStore, project_id: int, ranking: dict[str, Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    """The queue last written to Label Studio (``{"model_version", "task", "options", "entries"}``),
+    ranked again from the same stored scores when ``options`` differ from the ones it was ranked
+    with. Raises ValueError for options the scores cannot serve."""
+    if options == ranking["options"]:
         return ranking
     pool = {entry["task_id"] for entry in ranking["entries"]}
     ranked = rank_stored_signals(store, project_id, ranking["model_version"], pool, options)

@@ -50,7 +50,7 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
     )
     from fracture_al.integrations.image_source import ImageSource
     from fracture_al.integrations.task_predictions import display_threshold
-    from fracture_al.sampling.queue import AUGMENTED_SCORES
+    from fracture_al.sampling.queue import MEASURED_SCORES
 
     settings = settings_of(context)
     if (project_id is None) == (data_dir is None):
@@ -75,8 +75,8 @@ def inspect(context: click.Context, project_id: int | None, data_dir: Path | Non
         info = {"source": "label_studio", "project": project_id}
     if not images:
         raise CliError("no images to inspect")
-    # FiftyOne shows a box-score uncertainty; the augmented-view scores need two more passes per image.
-    uncertainty = "entropy" if settings.queue_uncertainty in AUGMENTED_SCORES else settings.queue_uncertainty
+    # FiftyOne shows a box-score uncertainty; the measured ones need more passes per image or a segmenter.
+    uncertainty = "entropy" if settings.queue_uncertainty in MEASURED_SCORES else settings.queue_uncertainty
     # FiftyOne and scikit-learn print progress to stdout: with --json it goes to stderr instead.
     with _stdout_to_stderr() if as_json else contextlib.nullcontext():
         samples = inspect_images(images, predictor, batch_size=settings.predict_batch_size, uncertainty=uncertainty,

@@ -17,7 +17,6 @@ from fracture_al.cli.base import (
     main,
     model_store,
     redis_connection,
-    resolve_version,
     settings_of,
 )
 from fracture_al.sampling.choices import Strategy, Uncertainty
@@ -82,26 +81,29 @@ def queue(
     Shows the queue last written to Label Studio, ranked again from the same scores when another
     --strategy, --uncertainty or --batch-size is asked for."""
     from fracture_al.worker.queues import REFRESH_PREDICTIONS, QueueConfig, enqueue_job
-    from fracture_al.worker.review_queue import ReviewQueueStore, queue_as_ranked
+    from fracture_al.worker.review_queue import ReviewQueueStore, ranked_with
 
     settings = settings_of(context)
     connection = redis_connection(settings)
     if refresh:
-        version = resolve_version(settings, None).name
+        # The worker picks the project's current model: the detector, or the segmenter where it draws masks only.
         job = enqueue_job(QueueConfig(**settings.queueing), "scoring", connection, REFRESH_PREDICTIONS, project_id,
-                          version, description=f"score project {project_id} with {version}")  # fmt: skip
-        console.print(f"scoring of project {project_id} with {version} queued as job {job.id}")
+                          description=f"score project {project_id} with its current model")  # fmt: skip
+        console.print(f"scoring of project {project_id} with its current model queued as job {job.id}")
         return
-    options = settings.queue_ranking(strategy=strategy, uncertainty=uncertainty, batch_size=batch_size)
-    try:
-        ranking = queue_as_ranked(ReviewQueueStore(settings.queue_prefix, connection), project_id, options)
-    except ValueError as error:
-        raise CliError(str(error)) from error
+    store = ReviewQueueStore(settings.queue_prefix, connection)
+    ranking = store.ranking(project_id)
     if ranking is None:
         raise CliError(
             f"project {project_id} has no review queue yet: it is ranked after each new model version, "
             f"or run `fracture-al queue --project {project_id} --refresh` with a worker running"
         )
+    options = settings.queue_ranking(ranking.get("task", "detection"), strategy=strategy, uncertainty=uncertainty,
+                                     batch_size=batch_size)  # fmt: skip
+    try:
+        ranking = ranked_with(store, project_id, ranking, options)
+    except ValueError as error:
+        raise CliError(str(error)) from error
     entries = ranking["entries"]
     shown = entries[:top] if top else entries
     if as_json:
