@@ -135,6 +135,10 @@ def worker(context: click.Context, queues: str, gpu: str | None, name: str | Non
             exception_handlers=[record_last_error],
         )
 
+    # Loaded once here, every forked work-horse starts with the jobs and torch imported: importing
+    # them in each horse cost every job about 9 s on a 2-core CPU.
+    import fracture_al.worker.jobs  # noqa: F401
+
     console.print(
         f"worker {name} on {', '.join(queue_name(settings.queue_prefix, k) for k in kinds)} (device {settings.device})"
     )
