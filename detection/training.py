@@ -199,11 +199,17 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, total_iterations
     return optimizer, scheduler
 
 
+# Each epoch still to come is planned as this much slower than the ones measured: an epoch that
+# runs slower (other processes, a different mix of X-ray sizes) must not meet the deadline before
+# the learning rate has annealed.
+EPOCH_TIME_SLACK = 1.1
+
+
 def epochs_within_budget(planned: int, done: int, seconds_per_epoch: float, seconds_left: float) -> int:
     """The epochs a run can have in all when each takes ``seconds_per_epoch`` (training and
-    validation) and ``seconds_left`` remain after ``done`` of them: never more than ``planned``,
-    never fewer than ``done``."""
-    affordable = int(seconds_left // seconds_per_epoch) if seconds_per_epoch > 0 else planned
+    validation, with ``EPOCH_TIME_SLACK``) and ``seconds_left`` remain after ``done`` of them: never
+    more than ``planned``, never fewer than ``done``."""
+    affordable = int(seconds_left // (seconds_per_epoch * EPOCH_TIME_SLACK)) if seconds_per_epoch > 0 else planned
     return max(done, min(planned, done + affordable))
 
 

@@ -156,8 +156,9 @@ def test_the_schedule_warms_up_then_anneals_to_zero_at_its_end() -> None:
 @pytest.mark.parametrize(
     ("planned", "done", "per_epoch", "left", "expected"),
     [
-        (36, 1, 60.0, 35 * 60.0, 36),  # time for every planned epoch: unchanged
-        (36, 1, 60.0, 10 * 60.0 + 59, 11),  # 10 more fit, the 11th would cross the budget
+        (36, 1, 60.0, 35 * 66.0, 36),  # time for every planned epoch, each 10% slower: unchanged
+        (36, 1, 60.0, 10 * 66.0 + 59, 11),  # 10 more fit, the 11th would cross the budget if 10% slower
+        (36, 1, 60.0, 10 * 60.0 + 59, 10),  # at the measured pace alone, the 10th would
         (36, 3, 60.0, 0.0, 3),  # no time left: stop where it is
         (36, 3, 60.0, -30.0, 3),  # past the budget already: never fewer than done
         (4, 1, 0.0, 100.0, 4),  # an epoch that took no measurable time keeps the plan

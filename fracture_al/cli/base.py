@@ -12,7 +12,8 @@ from rich.console import Console
 
 from fracture_al.settings import Settings
 
-console = Console()
+# Lines are never broken: the paths and commands printed are there to be copied (tables still fit the terminal).
+console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
 
