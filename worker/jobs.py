@@ -244,7 +244,7 @@ def refresh_predictions(project_id: int, model_version: str | None = None) -> di
         boxes = has_rectangles(client.projects.get(id=project_id).label_config)
         model_version = open_store(settings.models_dir).current_name(DETECTION if boxes else SEGMENTATION)
         if model_version is None:
-            raise RuntimeError(f"project {project_id} draws masks only and no segmentation model is published yet")
+            raise RuntimeError(f"project {project_id} draws no boxes and no segmentation model is published yet")
     task_ids = label_studio.unlabelled_task_ids(client, project_id)
     size, queues = settings.scoring_chunk_size, QueueConfig(**settings.queueing)
     chunks = [task_ids[start : start + size] for start in range(0, len(task_ids), size)]
