@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     # (its heartbeat expired: RQ retries them) and take over a dead worker's scheduler lock.
     worker_job_monitoring_interval: int = 10
     worker_maintenance_interval: int = 30
+    # How long a running job's heartbeat outlives its period: once it lapses the job counts as
+    # abandoned and is retried. RQ's own 60 s; keep it above the longest Redis outage a running job
+    # should ride out (its heartbeats cannot reach Redis meanwhile).
+    worker_heartbeat_grace: int = Field(default=60, ge=1)
 
     @property
     def redis_file(self) -> Path:

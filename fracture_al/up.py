@@ -133,7 +133,6 @@ class Stack:
             raise StackError(f"the worker did not register with Redis; see {worker.log}")
 
     def prepare_project(self, label_studio_url: str, api_key: str) -> int:
-        from fracture_al.detection.store import ModelStore
         from fracture_al.worker.connection import connect as connect_redis
         from fracture_al.worker.queues import REFRESH_PREDICTIONS, QueueConfig, enqueue_job
 
@@ -157,10 +156,9 @@ class Stack:
             client.ml.create(
                 project=project.id, url=self.backend_url, title="fracture-al", is_interactive=False, **auth
             )
-        version = ModelStore(self.settings.models_dir).current_name()
         connection = connect_redis(self.settings.redis_url, self.settings.redis_file)
         enqueue_job(QueueConfig(**self.settings.queueing), "scoring", connection, REFRESH_PREDICTIONS, project.id,
-                    version, description=f"score project {project.id} with {version}")  # fmt: skip
+                    description=f"score project {project.id} with its current model")  # fmt: skip
         return project.id
 
     def watch(self) -> Child | None:

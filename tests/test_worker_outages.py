@@ -18,6 +18,7 @@ import pytest
 import redis
 from rq import Retry
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 
 from fracture_al.integrations.loopback import free_port
 from fracture_al.settings import Settings
@@ -131,21 +132,26 @@ def test_a_worker_waits_out_a_redis_outage_and_its_running_job_finishes(tmp_path
 def test_a_job_whose_worker_was_killed_is_retried_by_another_within_minutes(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:
-    """The killed worker's heartbeat expires (RQ: monitoring interval + 60 s), the next maintenance
-    (every 5 s here, 30 s by default) finds the job abandoned and schedules its retry, and the new
-    worker's scheduler (which takes over the dead one's lock) queues it."""
+    """The killed worker's heartbeat expires (monitoring interval + grace: 1 + 5 s here, 10 + 60 s
+    by default), the next maintenance (every 5 s here, 30 s by default) finds the job abandoned and
+    schedules its retry, and the new worker's scheduler (which takes over the dead one's lock)
+    queues it."""
     connection = redis.Redis.from_url(own_redis.url)
     queue = get_queue(Settings(home=tmp_path).queue_prefix, "training", connection)
     marker = tmp_path / "started"
     job = queue.enqueue("tests.jobs_for_tests.sleep_then_return", 600, str(marker), retry=Retry(max=2, interval=1),
                         job_timeout=900)  # fmt: skip
-    intervals = {"worker_job_monitoring_interval": "1", "worker_maintenance_interval": "5"}
+    intervals = {"worker_job_monitoring_interval": "1", "worker_maintenance_interval": "5",
+                 "worker_heartbeat_grace": "5"}
     first = start_worker(tmp_path, own_redis.url, "killed", **intervals)
     second = None
     try:
         wait_for(lambda: attempts(marker) == 1, 60, "the job starting")
         horse = psutil.Process(first.pid).children()
         assert horse, "the job runs in a forked work-horse"
+        # The running job's registry entry lapses one interval + the grace after its last heartbeat.
+        [(_, expires_at)] = connection.zrange(StartedJobRegistry(queue=queue).key, 0, -1, withscores=True)
+        assert 0 < expires_at - time.time() <= 1 + 5 + 1
         stop_worker(first)  # SIGKILL to the worker and its work-horse
         killed_at = time.monotonic()
         second = start_worker(tmp_path, own_redis.url, "replacement", **intervals)

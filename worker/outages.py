@@ -3,7 +3,8 @@
 RQ's worker quits on the first Redis error outside its dequeue loop: a heartbeat sent while a job
 runs, the registry maintenance, or ``register_death`` on the way out (which then raises out of the
 process and takes the running training with it). Here a job goes on while Redis is away, the
-worker's loop is restarted once Redis answers again, and the way out never raises.
+worker's loop is restarted once Redis answers again, and the way out never raises. How long a
+dead worker's job waits before it counts as abandoned is a setting, not RQ's fixed minute.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 
 from redis import Redis
 from rq import Worker
+from rq.job import Job
 
 from fracture_al.worker.connection import REDIS_TROUBLE
 
@@ -21,6 +23,19 @@ log = logging.getLogger(__name__)
 
 
 class OutageTolerantWorker(Worker):
+    def __init__(self, *args, heartbeat_grace: int = 60, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.heartbeat_grace = heartbeat_grace
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """RQ's rule (a heartbeat lasts one monitoring interval, or what is left of the job's
+        timeout, plus a grace) with the grace from settings instead of RQ's fixed 60 s. A job whose
+        heartbeat lapsed is what RQ's registry maintenance treats as abandoned."""
+        period = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            period = min(job.timeout - working_time, period)
+        return int(period) + self.heartbeat_grace
+
     def maintain_heartbeats(self, job, execution) -> None:
         try:
             super().maintain_heartbeats(job, execution)

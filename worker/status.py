@@ -72,7 +72,7 @@ def _liveness(job: Job, monitoring_interval: int) -> str:
     if heartbeat is None:
         return "running"
     age = (datetime.now(UTC) - heartbeat.replace(tzinfo=UTC)).total_seconds()
-    if age > 3 * monitoring_interval:  # a heartbeat comes every interval; RQ expires the job at interval + 60 s
+    if age > 3 * monitoring_interval:  # a heartbeat comes every interval; the job expires at interval + grace
         return f"no heartbeat for {age:.0f} s (worker {job.worker_name or '?'} gone?); it is retried once expired"
     return f"heartbeat {age:.0f} s ago from {job.worker_name or '?'}"
 

@@ -132,6 +132,7 @@ def worker(context: click.Context, queues: str, gpu: str | None, name: str | Non
             # An idle worker wakes from its blocking dequeue every worker_ttl - 15 s; only then does it
             # run the maintenance that finds abandoned jobs, so the two must match.
             worker_ttl=settings.worker_maintenance_interval + 15,
+            heartbeat_grace=settings.worker_heartbeat_grace,
             exception_handlers=[record_last_error],
         )
 
