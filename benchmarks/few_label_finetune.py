@@ -97,22 +97,29 @@ def fine_tune(out: Path, data: Path, size: int, name: str, recipe_name: str, sou
 
 
 def report(out: Path, data: Path) -> str:
-    """Target mAP@50 per recipe and labelled-set size, and each recipe's paired difference to plain
-    fine-tuning with its bootstrap 95% interval over the target X-rays."""
+    """Target mAP@50 per recipe and labelled-set size, and each fine-tuned model's paired differences
+    to the source model and to plain fine-tuning with their bootstrap 95% intervals over the target
+    X-rays."""
     folder = write_dataset(out / "report", data / "images", domain_shift(data)["target"])
     coco = load_splits(folder)["train"].coco
     runs = {(r["recipe"], r["labelled"]): r for r in (json.loads(p.read_text()) for p in sorted(out.glob("*.json")))}
     if not runs:
         raise SystemExit(f"no results in {out}")
     matches = {key: match_detections(coco, expand(run["predictions"])) for key, run in runs.items()}
-    lines = ["| recipe | labelled | target mAP@50 | vs plain (95% interval) |", "|---|---|---|---|"]
+    source = matches.get(("source", 0))
+
+    def versus(reference: list | None, key: tuple[str, int]) -> str:
+        if reference is None or reference is matches[key]:
+            return "-"
+        d = paired_difference(reference, matches[key], average_precision)
+        return f"{d.value:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
+
+    lines = ["| recipe | labelled | target mAP@50 | vs source (95% interval) | vs plain (95% interval) |",
+             "|---|---|---|---|---|"]
     for (name, size), run in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
-        plain = matches.get(("plain", size))
-        versus = "-"
-        if plain is not None and name != "plain":
-            d = paired_difference(plain, matches[(name, size)], average_precision)
-            versus = f"{d.value:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
-        lines.append(f"| {name} | {size} | {run['target']['mAP50']:.3f} | {versus} |")
+        key = (name, size)
+        lines.append(f"| {name} | {size} | {run['target']['mAP50']:.3f} | {versus(source, key)} | "
+                     f"{versus(matches.get(('plain', size)), key)} |")
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
     return table
