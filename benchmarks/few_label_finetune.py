@@ -114,12 +114,14 @@ def report(out: Path, data: Path) -> str:
         d = paired_difference(reference, matches[key], average_precision)
         return f"{d.value:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
 
-    lines = ["| recipe | labelled | target mAP@50 | vs source (95% interval) | vs plain (95% interval) |",
-             "|---|---|---|---|---|"]
+    lines = ["| recipe | labelled | target mAP@50 | AUROC | vs source (95% interval) | vs plain (95% interval) "
+             "| epochs | lr | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for (name, size), run in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
         key = (name, size)
-        lines.append(f"| {name} | {size} | {run['target']['mAP50']:.3f} | {versus(source, key)} | "
-                     f"{versus(matches.get(('plain', size)), key)} |")
+        training = (f"{run['epochs']} | {run['lr']:g} | {run['train_seconds']:.0f}" if name != "source"
+                    else "- | - | -")
+        lines.append(f"| {name} | {size} | {run['target']['mAP50']:.3f} | {run['target']['auroc']:.3f} | "
+                     f"{versus(source, key)} | {versus(matches.get(('plain', size)), key)} | {training} |")
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
     return table
