@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.domain_shift import domain_shift, labelled_subset, write_dataset
 from benchmarks.predictions import compact, expand
-from fracture_al.detection.bootstrap import paired_difference
+from fracture_al.detection.bootstrap import Interval, bootstrap_interval, paired_difference
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import average_precision, match_detections
 from fracture_al.detection.recipes import few_label_train_config, recipe
@@ -114,17 +114,53 @@ def report(out: Path, data: Path) -> str:
         d = paired_difference(reference, matches[key], average_precision)
         return f"{d.value:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
 
-    lines = ["| recipe | labelled | target mAP@50 | AUROC | vs source (95% interval) | vs plain (95% interval) "
-             "| epochs | lr | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    intervals = {key: bootstrap_interval(found, average_precision) for key, found in matches.items()}
+    lines = ["| recipe | labelled | target mAP@50 (95% interval) | AUROC | vs source (95% interval) "
+             "| vs plain (95% interval) | epochs | lr | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for (name, size), run in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
         key = (name, size)
+        ap = intervals[key]
         training = (f"{run['epochs']} | {run['lr']:g} | {run['train_seconds']:.0f}" if name != "source"
                     else "- | - | -")
-        lines.append(f"| {name} | {size} | {run['target']['mAP50']:.3f} | {run['target']['auroc']:.3f} | "
-                     f"{versus(source, key)} | {versus(matches.get(('plain', size)), key)} | {training} |")
+        lines.append(f"| {name} | {size} | {ap.value:.3f} ({ap.low:.3f}-{ap.high:.3f}) | "
+                     f"{run['target']['auroc']:.3f} | {versus(source, key)} | "
+                     f"{versus(matches.get(('plain', size)), key)} | {training} |")
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
+    plot(intervals, out / "few_label.png")
     return table
+
+
+def plot(intervals: dict[tuple[str, int], Interval], path: Path) -> None:
+    """Target mAP@50 against labelled hand X-rays, one line per recipe, with 95% bootstrap bars;
+    the source model (no labels) as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    source = intervals.get(("source", 0))
+    if source is not None:
+        axes.axhspan(source.low, source.high, color="grey", alpha=0.2)
+        axes.axhline(source.value, color="grey", linestyle=":", label="source model (no hand labels)")
+    for offset, name in enumerate(sorted({name for name, _ in intervals} - {"source"})):
+        points = sorted((size, interval) for (recipe_name, size), interval in intervals.items()
+                        if recipe_name == name)
+        sizes = [size * (1 + 0.03 * offset) for size, _ in points]  # side by side, not on top of each other
+        values = [interval.value for _, interval in points]
+        bars = [[i.value - i.low for _, i in points], [i.high - i.value for _, i in points]]
+        axes.errorbar(sizes, values, yerr=bars, marker="o", capsize=3, label=name)
+    axes.set_xscale("log")
+    axes.minorticks_off()
+    axes.set_xticks(SIZES, [str(size) for size in SIZES])
+    axes.set_xlabel("labelled hand X-rays")
+    axes.set_ylabel("target mAP@50 (hand X-rays of val + test)")
+    axes.set_title("Few-label fine-tuning under the body-part shift (95% bootstrap intervals)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main() -> None:

@@ -8,13 +8,15 @@ import numpy as np
 
 
 def compact(predictions: list[dict[str, Any]], floor: float = 0.02) -> list[dict[str, Any]]:
-    """Predictions as JSON, dropping boxes under ``floor`` (they move no reported metric)."""
+    """Predictions as JSON, dropping boxes under ``floor`` (on the few-label runs they moved mAP@50
+    by under 0.001). Boxes keep every digit: rounding them to 0.1 px once moved a detection across
+    IoU 0.5 and mAP@50 by 0.023."""
     rows = []
     for p in predictions:
         keep = np.asarray(p["scores"]) >= floor
         rows.append({
             "image_id": p["image_id"],
-            "boxes": [[round(v, 1) for v in box] for box in np.asarray(p["boxes"]).reshape(-1, 4)[keep].tolist()],
+            "boxes": np.asarray(p["boxes"]).reshape(-1, 4)[keep].tolist(),
             "scores": [round(v, 4) for v in np.asarray(p["scores"])[keep].tolist()],
             "labels": np.asarray(p["labels"])[keep].tolist(),
         })  # fmt: skip
