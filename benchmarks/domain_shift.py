@@ -70,6 +70,13 @@ def labelled_subset(pool: dict[str, Any], size: int, seed: int) -> dict[str, Any
     return subset(pool, order[:size])
 
 
+def unlabelled_rest(pool: dict[str, Any], size: int, seed: int) -> dict[str, Any]:
+    """The pool X-rays ``labelled_subset(pool, size, seed)`` leaves out: no model fine-tuned on that
+    subset, or on a smaller one of the same seed, has seen them."""
+    labelled = {image["id"] for image in labelled_subset(pool, size, seed)["images"]}
+    return subset(pool, [image for image in pool["images"] if image["id"] not in labelled])
+
+
 def write_dataset(folder: Path, images: Path, train: dict[str, Any], val: dict[str, Any] | None = None,
                   test: dict[str, Any] | None = None) -> Path:
     """A dataset folder (train/val/test.json and an ``images`` link) that load_splits reads."""
