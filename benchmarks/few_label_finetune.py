@@ -66,7 +66,7 @@ def unseen_pool(out: Path, data: Path, seed: int) -> DataSplit:
     return load_splits(write_dataset(out / f"unseen-pool-{seed}", data / "images", rest))["train"]
 
 
-def test_results(model: torch.nn.Module, target: DataSplit, unseen: DataSplit, config: TrainConfig,
+def results_on_test_sets(model: torch.nn.Module, target: DataSplit, unseen: DataSplit, config: TrainConfig,
                  device: torch.device, flip_tta: bool, seed: int) -> dict[str, Any]:
     """Metrics and predictions on the target and on the unseen pool."""
     metrics, predictions = evaluate_split(model, target, config, device, flip_tta=flip_tta)
@@ -88,7 +88,7 @@ def train_source(out: Path, data: Path, recipe_name: str, epochs: int, seed: int
     save_model(outcome.model, model_config, out / "source_model.pt")
     result = {"recipe": "source", "source_recipe": recipe_name, "labelled": 0,
               "selected_epoch": outcome.selected_epoch, "train_config": train_config.to_dict(),
-              **test_results(outcome.model, splits["test"], unseen_pool(out, data, seed), train_config, device,
+              **results_on_test_sets(outcome.model, splits["test"], unseen_pool(out, data, seed), train_config, device,
                              model_config.flip_tta, seed)}
     (out / "source.json").write_text(json.dumps(result))
     return result
@@ -114,7 +114,7 @@ def fine_tune(out: Path, data: Path, size: int, name: str, recipe_name: str, sou
                   device=device, init=Initialisation(model_file=out / "source_model.pt"), resume=True)
     result = {"recipe": name, "labelled": size, "epochs": train_config.epochs, "lr": train_config.lr,
               "train_seconds": outcome.seconds,
-              **test_results(outcome.model, splits["test"], unseen_pool(out, data, seed), train_config, device,
+              **results_on_test_sets(outcome.model, splits["test"], unseen_pool(out, data, seed), train_config, device,
                              model_config.flip_tta, seed)}
     (out / f"{name}-{size}.json").write_text(json.dumps(result))
     print(name, size, json.dumps(result["target"]), json.dumps(result["unseen_pool"]), flush=True)
