@@ -35,7 +35,7 @@ import torch
 
 from benchmarks.domain_shift import domain_shift, labelled_subset, unlabelled_rest, write_dataset
 from benchmarks.predictions import compact, expand
-from fracture_al.detection.bootstrap import bootstrap_interval, paired_difference
+from fracture_al.detection.bootstrap import Interval, bootstrap_interval, paired_difference
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import ImageMatches, average_precision, match_detections
 from fracture_al.detection.recipes import few_label_train_config, recipe
@@ -60,14 +60,14 @@ def source_train_config(recipe_name: str, epochs: int) -> TrainConfig:
     return replace(TrainConfig(), **train)
 
 
-def unseen_pool(out: Path, data: Path, seed: int) -> DataSplit:
+def unseen_pool(out: Path, data: Path, pool: dict[str, Any], seed: int) -> DataSplit:
     """The pool X-rays outside the largest labelled subset of ``seed``, as a split to test on."""
-    rest = unlabelled_rest(domain_shift(data)["pool"], max(SIZES), seed)
+    rest = unlabelled_rest(pool, max(SIZES), seed)
     return load_splits(write_dataset(out / f"unseen-pool-{seed}", data / "images", rest))["train"]
 
 
 def results_on_test_sets(model: torch.nn.Module, target: DataSplit, unseen: DataSplit, config: TrainConfig,
-                 device: torch.device, flip_tta: bool, seed: int) -> dict[str, Any]:
+                         device: torch.device, flip_tta: bool, seed: int) -> dict[str, Any]:
     """Metrics and predictions on the target and on the unseen pool."""
     metrics, predictions = evaluate_split(model, target, config, device, flip_tta=flip_tta)
     unseen_metrics, unseen_predictions = evaluate_split(model, unseen, config, device, flip_tta=flip_tta)
@@ -88,8 +88,8 @@ def train_source(out: Path, data: Path, recipe_name: str, epochs: int, seed: int
     save_model(outcome.model, model_config, out / "source_model.pt")
     result = {"recipe": "source", "source_recipe": recipe_name, "labelled": 0,
               "selected_epoch": outcome.selected_epoch, "train_config": train_config.to_dict(),
-              **results_on_test_sets(outcome.model, splits["test"], unseen_pool(out, data, seed), train_config, device,
-                             model_config.flip_tta, seed)}
+              **results_on_test_sets(outcome.model, splits["test"], unseen_pool(out, data, parts["pool"], seed),
+                                     train_config, device, model_config.flip_tta, seed)}
     (out / "source.json").write_text(json.dumps(result))
     return result
 
@@ -114,8 +114,8 @@ def fine_tune(out: Path, data: Path, size: int, name: str, recipe_name: str, sou
                   device=device, init=Initialisation(model_file=out / "source_model.pt"), resume=True)
     result = {"recipe": name, "labelled": size, "epochs": train_config.epochs, "lr": train_config.lr,
               "train_seconds": outcome.seconds,
-              **results_on_test_sets(outcome.model, splits["test"], unseen_pool(out, data, seed), train_config, device,
-                             model_config.flip_tta, seed)}
+              **results_on_test_sets(outcome.model, splits["test"], unseen_pool(out, data, parts["pool"], seed),
+                                     train_config, device, model_config.flip_tta, seed)}
     (out / f"{name}-{size}.json").write_text(json.dumps(result))
     print(name, size, json.dumps(result["target"]), json.dumps(result["unseen_pool"]), flush=True)
     return result
@@ -130,9 +130,10 @@ def report(out: Path, data: Path) -> str:
         raise SystemExit(f"no results in {out}")
     parts = domain_shift(data)
     target = matched(out / "report", data, parts["target"], runs, "predictions")
+    target_intervals = average_precision_intervals(target)
     text = f"Target: the {len(parts['target']['images'])} hand X-rays of val + test\n\n"
-    text += table(runs, target, "target")
-    plot(target, out / "few_label.png", "target mAP@50 (hand X-rays of val + test)")
+    text += table(runs, target, target_intervals, "target")
+    plot(target_intervals, out / "few_label.png", "target mAP@50 (hand X-rays of val + test)")
     tested = {key: run for key, run in runs.items() if "unseen_pool_predictions" in run}
     seeds = {run["unseen_pool_seed"] for run in tested.values()}
     if len(seeds) > 1:
@@ -140,9 +141,10 @@ def report(out: Path, data: Path) -> str:
     if tested:
         rest = unlabelled_rest(parts["pool"], max(SIZES), seeds.pop())
         unseen = matched(out / "report-unseen-pool", data, rest, tested, "unseen_pool_predictions")
+        unseen_intervals = average_precision_intervals(unseen)
         text += (f"\nUnseen pool: the {len(rest['images'])} hand X-rays of train outside the largest labelled "
-                 f"subset\n\n" + table(tested, unseen, "unseen_pool"))
-        plot(unseen, out / "few_label_unseen_pool.png", "mAP@50 (hand X-rays of train no model saw)")
+                 f"subset\n\n" + table(tested, unseen, unseen_intervals, "unseen_pool"))
+        plot(unseen_intervals, out / "few_label_unseen_pool.png", "mAP@50 (hand X-rays of train no model saw)")
     (out / "table.md").write_text(text)
     return text
 
@@ -154,8 +156,13 @@ def matched(folder: Path, data: Path, coco: dict[str, Any], runs: dict[tuple[str
     return {key: match_detections(ground_truth, expand(run[predictions])) for key, run in runs.items()}
 
 
+def average_precision_intervals(matches: dict[tuple[str, int], list[ImageMatches]]) -> dict[tuple[str, int], Interval]:
+    """Each run's mAP@50 with its bootstrap 95% interval over the test X-rays."""
+    return {key: bootstrap_interval(found, average_precision) for key, found in matches.items()}
+
+
 def table(runs: dict[tuple[str, int], dict[str, Any]], matches: dict[tuple[str, int], list[ImageMatches]],
-          metrics: str) -> str:
+          intervals: dict[tuple[str, int], Interval], metrics: str) -> str:
     """One row per run: mAP@50 with its interval, AUROC, paired differences, training settings."""
     source = matches.get(("source", 0))
 
@@ -169,7 +176,7 @@ def table(runs: dict[tuple[str, int], dict[str, Any]], matches: dict[tuple[str, 
              "| vs plain (95% interval) | epochs | lr | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for (name, size), run in sorted(runs.items(), key=lambda item: (item[0][1], item[0][0])):
         key = (name, size)
-        ap = bootstrap_interval(matches[key], average_precision)
+        ap = intervals[key]
         training = (f"{run['epochs']} | {run['lr']:g} | {run['train_seconds']:.0f}" if name != "source"
                     else "- | - | -")
         lines.append(f"| {name} | {size} | {ap.value:.3f} ({ap.low:.3f}-{ap.high:.3f}) | "
@@ -178,10 +185,9 @@ def table(runs: dict[tuple[str, int], dict[str, Any]], matches: dict[tuple[str, 
     return "\n".join(lines) + "\n"
 
 
-def plot(matches: dict[tuple[str, int], list[ImageMatches]], path: Path, ylabel: str) -> None:
+def plot(intervals: dict[tuple[str, int], Interval], path: Path, ylabel: str) -> None:
     """mAP@50 against labelled hand X-rays, one line per recipe, with 95% bootstrap bars; the source
     model (no labels) as a band."""
-    intervals = {key: bootstrap_interval(found, average_precision) for key, found in matches.items()}
     import matplotlib
 
     matplotlib.use("Agg")
