@@ -8,8 +8,11 @@ source; trained once, read from ``--source``), the unlabelled pool is the hand X
 by every strategy and seed. Each round, a strategy ranks the unlabelled pool with the product's own
 code (``measure_signals`` + ``rank_tasks``, as the scoring jobs do), the first ``--batch`` X-rays
 are "labelled" (their ground truth revealed), and the model is retrained on all labels so far with
-the product's retrain recipe (warm start from the served model, i.e. the previous round's,
-``Settings`` retrain epochs and batch size), then tested. Recorded per round: target mAP@50 (with
+the product's retrain recipe (warm start from the served model, i.e. the previous round's, the
+recipe ``detection.recipes.retrain_train_config`` picks from the default ``Settings``: few-label
+fine-tuning up to ``retrain_few_label_up_to`` labels), then tested. The results under
+benchmarks/reported/active_learning_gpu/ were made before the worker had the few-label recipe,
+with plain fine-tuning (``retrain_epochs`` at the full rate) in every round. Recorded per round: target mAP@50 (with
 the predictions, for paired intervals), and the share of the model's image-level mistakes on the
 candidates (a fractured X-ray scored under 0.5, a healthy one at or over) that the queue puts in
 its top 10% (random: 10%).
@@ -59,6 +62,7 @@ from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import average_precision, match_detections
 from fracture_al.detection.images import load_image
 from fracture_al.detection.predictor import Predictor
+from fracture_al.detection.recipes import retrain_train_config
 from fracture_al.detection.store import load_model, save_model
 from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.integrations.task_predictions import measure_signals
@@ -105,10 +109,20 @@ def load_setting(data: Path, work: Path) -> Setting:
     return Setting(splits["train"].coco.images, parts["pool"], folder / "images", splits["test"])
 
 
-def retrain_config(seed: int) -> TrainConfig:
-    """The worker's retrain recipe (worker/jobs.py), from the product's default settings."""
+def retrain_base(seed: int) -> TrainConfig:
+    """The worker's retrain settings (worker/jobs.py) before its recipe is chosen, from the
+    product's defaults; evaluation reads its batch size and threshold from them."""
     settings = Settings()
     return TrainConfig(epochs=settings.retrain_epochs, batch_size=settings.retrain_batch_size, workers=0, seed=seed)
+
+
+def retrain_config(seed: int, labelled_images: int) -> TrainConfig:
+    """The worker's retrain recipe for a warm start on ``labelled_images`` X-rays."""
+    settings = Settings()
+    _, config = retrain_train_config(retrain_base(seed), labelled_images, warm_start=True,
+                                     few_label_up_to=settings.retrain_few_label_up_to,
+                                     few_label_iterations=settings.retrain_few_label_iterations)  # fmt: skip
+    return config
 
 
 def score(model_file: Path, setting: Setting, indices: list[int], device: torch.device) -> dict[str, Any]:
@@ -149,7 +163,7 @@ def mistakes_in_top_decile(order: list[int], mistakes: list[int], candidates: li
 
 def test_model(model_file: Path, setting: Setting, seed: int, device: torch.device) -> dict[str, Any]:
     model, config = load_model(model_file, device)
-    metrics, predictions = evaluate_split(model, setting.target, retrain_config(seed), device, flip_tta=config.flip_tta,
+    metrics, predictions = evaluate_split(model, setting.target, retrain_base(seed), device, flip_tta=config.flip_tta,
                                           description="target")  # fmt: skip
     return {"target": metrics, "predictions": compact(predictions)}
 
@@ -217,8 +231,8 @@ def train(previous: Path, labelled: list[int], setting: Setting, folder: Path, s
     """The product's retrain: warm start from the served (previous round's) model, resumable."""
     folder.mkdir(parents=True, exist_ok=True)
     _, model_config = load_model(previous)
-    outcome = fit(model_config, retrain_config(seed), setting.labelled_split(labelled, folder), None, folder / "run",
-                  device=device, init=Initialisation(model_file=previous), resume=True)  # fmt: skip
+    outcome = fit(model_config, retrain_config(seed, len(labelled)), setting.labelled_split(labelled, folder), None,
+                  folder / "run", device=device, init=Initialisation(model_file=previous), resume=True)  # fmt: skip
     temporary = folder / "model.pt.tmp"
     save_model(outcome.model, model_config, temporary)
     temporary.replace(folder / "model.pt")

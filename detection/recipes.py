@@ -104,3 +104,19 @@ def few_label_train_config(
         positive_fraction=None,
         select_on=None,
     )
+
+
+def retrain_train_config(
+    base: TrainConfig, labelled_images: int, *, warm_start: bool, few_label_up_to: int, few_label_iterations: int
+) -> tuple[str, TrainConfig]:
+    """The recipe of a project's retrain and its settings: few-label fine-tuning
+    (:func:`few_label_train_config`) while a warm-started model learns from at most
+    ``few_label_up_to`` training X-rays, else ``base`` as it is ("plain").
+
+    Under the body-part shift (benchmarks/reported/few_label_cpu/) few-label fine-tuning beat plain
+    fine-tuning at 50 and 100 labels; from ImageNet weights there is nothing to keep, so a cold
+    start trains plain.
+    """
+    if warm_start and labelled_images <= few_label_up_to:
+        return "few_label", few_label_train_config(base, labelled_images, iterations=few_label_iterations)
+    return "plain", base

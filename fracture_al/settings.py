@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     retrain_epochs: int = 4
     retrain_batch_size: int = 4
     retrain_time_budget_minutes: float | None = None
+    # A warm-started retrain on at most this many training X-rays fine-tunes with the few-label
+    # recipe (a quarter of the learning rate, `retrain_few_label_iterations` updates whatever the
+    # size, weight EMA; detection/recipes.py): it beat plain fine-tuning at 50 and 100 labels
+    # (benchmarks/reported/few_label_cpu/). Larger sets, and cold starts, train `retrain_epochs`
+    # epochs at the full rate; 0 always trains so.
+    retrain_few_label_up_to: int = Field(default=100, ge=0)
+    retrain_few_label_iterations: int = Field(default=400, ge=1)
     retrain_job_timeout_seconds: int = 6 * 3600
     job_retries: int = 2
     # A fixed validation set (a data folder with val.json and images/); without it, the project's

@@ -26,6 +26,7 @@ from werkzeug.serving import make_server
 
 from fracture_al.backend.app import create_app
 from fracture_al.detection.store import ModelStore
+from fracture_al.detection.training import TrainConfig
 from fracture_al.integrations.label_config import FRACTURE_LABEL_CONFIG
 from fracture_al.integrations.label_studio import write_project_summary
 from fracture_al.integrations.label_studio_server import LabelStudioServer
@@ -66,6 +67,8 @@ def loop_environment(home: Path, redis_url: str, queue_prefix: str, label_studio
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token,
         "FRACTURE_AL_WORKER_JOB_MONITORING_INTERVAL": "2",
+        # The few-label recipe's updates, cut from 400 to what a test can wait for.
+        "FRACTURE_AL_RETRAIN_FEW_LABEL_ITERATIONS": "4",
         **extra,
     }
 
@@ -162,6 +165,9 @@ def test_annotations_retrain_publish_and_refresh_predictions(
         assert config["data"]["train"]["count"] == 4 and config["data"]["val"]["count"] == 1
         assert config["pretrained_from"].endswith("v0001/model.pt")  # warm-started from the served model
         provenance = version.provenance
+        # 4 labels after a warm start: the few-label recipe, at a quarter of the training rate.
+        assert provenance["recipe"] == "few_label"
+        assert config["train"]["lr"] == pytest.approx(TrainConfig().lr / 4) and config["train"]["ema_decay"]
         assert provenance["gate"]["passed"] and provenance["gate"]["validation_images"] == 1
         assert "mAP@50" in provenance["gate"]["reason"] and provenance["gate"]["delta_map50"] is not None
         assert sorted(r["image_id"] for r in provenance["trained_on"]) == [t.id for t in tasks[:4]]
@@ -212,8 +218,10 @@ def job_state(env: dict[str, str], job_id: str) -> dict[str, Any] | None:
 def test_worker_killed_mid_training_publishes_nothing_and_the_job_is_reported(
     label_studio: LabelStudioServer, redis_url: str, queue_prefix: str, home: Path, sample_dir: Path, start_worker
 ) -> None:
+    # 500 epochs at the full rate (the few-label recipe off): a training that is still running when killed.
     env = loop_environment(home, redis_url, queue_prefix, label_studio, FRACTURE_AL_RETRAIN_EPOCHS="500",
-                           FRACTURE_AL_JOB_RETRIES="0", FRACTURE_AL_WORKER_HEARTBEAT_GRACE="20")  # fmt: skip
+                           FRACTURE_AL_RETRAIN_FEW_LABEL_UP_TO="0", FRACTURE_AL_JOB_RETRIES="0",
+                           FRACTURE_AL_WORKER_HEARTBEAT_GRACE="20")  # fmt: skip
     client = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
     project_id, tasks = make_project(client, label_studio, sample_dir, "killed")
     for task in tasks[:4]:

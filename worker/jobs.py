@@ -25,6 +25,7 @@ from fracture_al.detection.mask_predictor import MaskPredictor
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.provenance import PROVENANCE_FILE, exported_records
+from fracture_al.detection.recipes import retrain_train_config
 from fracture_al.detection.shipped_model import open_store, verify_version
 from fracture_al.detection.store import DETECTION, SEGMENTATION, ModelStore, ModelVersion, load_model, write_json
 from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
@@ -157,13 +158,20 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     validation = _validation_split(settings, splits, class_names)
     device = choose_device(settings.device)
     model_config = current.model_config if current else ModelConfig(class_names=class_names)
-    train_config = TrainConfig(
-        epochs=settings.retrain_epochs,
-        batch_size=settings.retrain_batch_size,
-        time_budget_minutes=settings.retrain_time_budget_minutes,
-        workers=0,
-        seed=settings.seed,
+    recipe_name, train_config = retrain_train_config(
+        TrainConfig(
+            epochs=settings.retrain_epochs,
+            batch_size=settings.retrain_batch_size,
+            time_budget_minutes=settings.retrain_time_budget_minutes,
+            workers=0,
+            seed=settings.seed,
+        ),
+        len(splits["train"].coco.images),
+        warm_start=current is not None,
+        few_label_up_to=settings.retrain_few_label_up_to,
+        few_label_iterations=settings.retrain_few_label_iterations,
     )
+    progress.update(recipe=recipe_name)
     outcome = fit(
         model_config,
         train_config,
@@ -196,6 +204,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
                         validation_metrics=candidate_metrics) as staged:  # fmt: skip
         write_json(staged / PROVENANCE_FILE, {
             "source": "retrained", "label_studio_project": project_id, "warm_start": current.name if current else None,
+            "recipe": recipe_name,
             "trained_on": exported_records(splits["train"]),
             "validated_on": exported_records(validation) if validation is not None else [],
             "validation_assigned": assigned, "gate": decision.to_dict(),
@@ -217,6 +226,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
         "model_version": version.name,
         "gate": decision.to_dict(),
         "train_images": dataset.counts.get("train", 0),
+        "recipe": recipe_name,
         "skipped_tasks": dataset.skipped,
         "scoring_job": scoring,
         "queue_verdict": verdict,

@@ -13,7 +13,7 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegi
 from fracture_al.worker.connection import REDIS_TROUBLE
 from fracture_al.worker.queues import get_queue
 
-PROGRESS_KEYS = ("stage", "epoch", "iteration", "loss", "lr", "model_version", "result", "reason")
+PROGRESS_KEYS = ("stage", "recipe", "epoch", "iteration", "loss", "lr", "model_version", "result", "reason")
 
 
 def job_rows(prefix: str, connection: Redis, *, monitoring_interval: int, limit: int = 20) -> list[dict[str, Any]]:
