@@ -48,6 +48,7 @@ from fracture_al.detection.training import (
     fit,
     load_splits,
 )
+from fracture_al.detection.weights import sha256_of
 
 FINE_TUNE_RECIPES = ("plain", "few_label", "low_lr", "frozen")
 SIZES = (25, 50, 100, 200)
@@ -87,6 +88,7 @@ def train_source(out: Path, data: Path, recipe_name: str, epochs: int, seed: int
                   on_epoch=lambda s: print("source", json.dumps(s), flush=True))
     save_model(outcome.model, model_config, out / "source_model.pt")
     result = {"recipe": "source", "source_recipe": recipe_name, "labelled": 0,
+              "source_sha256": sha256_of(out / "source_model.pt"),
               "selected_epoch": outcome.selected_epoch, "train_config": train_config.to_dict(),
               **results_on_test_sets(outcome.model, splits["test"], unseen_pool(out, data, parts["pool"], seed),
                                      train_config, device, model_config.flip_tta, seed)}
@@ -113,7 +115,7 @@ def fine_tune(out: Path, data: Path, size: int, name: str, recipe_name: str, sou
     outcome = fit(model_config, train_config, splits["train"], None, out / "runs" / f"{name}-{size}",
                   device=device, init=Initialisation(model_file=out / "source_model.pt"), resume=True)
     result = {"recipe": name, "labelled": size, "epochs": train_config.epochs, "lr": train_config.lr,
-              "train_seconds": outcome.seconds,
+              "train_seconds": outcome.seconds, "source_sha256": sha256_of(out / "source_model.pt"),
               **results_on_test_sets(outcome.model, splits["test"], unseen_pool(out, data, parts["pool"], seed),
                                      train_config, device, model_config.flip_tta, seed)}
     (out / f"{name}-{size}.json").write_text(json.dumps(result))
@@ -128,6 +130,12 @@ def report(out: Path, data: Path) -> str:
     runs = {(r["recipe"], r["labelled"]): r for r in (json.loads(p.read_text()) for p in sorted(out.glob("*.json")))}
     if not runs:
         raise SystemExit(f"no results in {out}")
+    # Training is deterministic on one kind of CPU, not across kinds: runs are paired only when they
+    # share one source model. (Runs made before the hash was recorded carry none: a folder of them
+    # only is taken as it is, mixed with hashed runs it is refused.)
+    sources = {run.get("source_sha256") for run in runs.values()}
+    if len(sources) > 1:
+        raise SystemExit(f"runs in {out} were fine-tuned from {len(sources)} different source models")
     parts = domain_shift(data)
     target = matched(out / "report", data, parts["target"], runs, "predictions")
     target_intervals = average_precision_intervals(target)
