@@ -216,6 +216,7 @@ def plot(intervals: dict[tuple[str, int], Interval], path: Path, ylabel: str) ->
     axes.set_xscale("log")
     axes.minorticks_off()
     axes.set_xticks(SIZES, [str(size) for size in SIZES])
+    axes.set_xlim(min(SIZES) / 1.15, max(SIZES) * 1.15)  # room for the side-by-side points at the ends
     axes.set_xlabel("labelled hand X-rays")
     axes.set_ylabel(ylabel)
     axes.set_title("Few-label fine-tuning under the body-part shift (95% bootstrap intervals)")

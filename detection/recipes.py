@@ -114,8 +114,8 @@ def retrain_train_config(
     ``few_label_up_to`` training X-rays, else ``base`` as it is ("plain").
 
     Under the body-part shift (benchmarks/reported/few_label_cpu/) few-label fine-tuning beat plain
-    fine-tuning at 50 and 100 labels; from ImageNet weights there is nothing to keep, so a cold
-    start trains plain.
+    fine-tuning at 50 and 100 labels and lost at 200; from ImageNet weights there is nothing to
+    keep, so a cold start trains plain.
     """
     if warm_start and labelled_images <= few_label_up_to:
         return "few_label", few_label_train_config(base, labelled_images, iterations=few_label_iterations)

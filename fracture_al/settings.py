@@ -87,9 +87,9 @@ class Settings(BaseSettings):
     retrain_time_budget_minutes: float | None = None
     # A warm-started retrain on at most this many training X-rays fine-tunes with the few-label
     # recipe (a quarter of the learning rate, `retrain_few_label_iterations` updates whatever the
-    # size, weight EMA; detection/recipes.py): it beat plain fine-tuning at 50 and 100 labels
-    # (benchmarks/reported/few_label_cpu/). Larger sets, and cold starts, train `retrain_epochs`
-    # epochs at the full rate; 0 always trains so.
+    # size, weight EMA; detection/recipes.py): it beat plain fine-tuning at 50 and 100 labels and
+    # lost at 200 (benchmarks/reported/few_label_cpu/). Larger sets, and cold starts, train
+    # `retrain_epochs` epochs at the full rate; 0 always trains so.
     retrain_few_label_up_to: int = Field(default=100, ge=0)
     retrain_few_label_iterations: int = Field(default=400, ge=1)
     retrain_job_timeout_seconds: int = 6 * 3600
