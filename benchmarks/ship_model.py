@@ -67,6 +67,10 @@ def card(content: dict[str, Any]) -> str:
     )
     train = content["train"]
     model = content["model"]
+    # A time budget ends the schedule where the minutes run out, so how many epochs fit depends on the CPU.
+    machine = f" ({content['machine']})" if content.get("machine") else ""
+    minutes = train.get("time_budget_minutes")
+    budget = f" within a {minutes:g}-minute budget{machine}" if minutes else ""
     return f"""# fracture-al shipped fracture detector
 
 A Faster R-CNN (`{model['arch']}`, torchvision) that draws boxes around bone fractures on
@@ -88,7 +92,7 @@ anchors {model['anchor_sizes']} x ratios {model['aspect_ratios']}, box head {mod
 flip TTA {'on' if model['flip_tta'] else 'off'}; SGD lr {train['lr']}, batch {train['batch_size']},
 {train['epochs']} epochs planned, {content['epochs_run']} run, epoch {content['selected_epoch']} kept
 (best validation mAP@50), fracture X-rays at {train['positive_fraction']} of draws,
-weight EMA {train['ema_decay']}, ImageNet MobileNetV2 backbone, trained on {content['device']}.
+weight EMA {train['ema_decay']}, ImageNet MobileNetV2 backbone, trained on {content['device']}{budget}.
 
 Reproduce:
 
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
     parser.add_argument("--command", help="The exact training command, for the card (with --result).")
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR)
+    parser.add_argument("--machine", default="", help="The machine it trained on, for the card (with --result).")
     args = parser.parse_args()
 
     if args.result is None:
@@ -139,6 +144,7 @@ def main() -> None:
             "recipe": result["recipe"],
             "command": args.command,
             "device": result["device"],
+            "machine": args.machine,
             "epochs_run": result["epochs"],
             "selected_epoch": result.get("selected_epoch"),
             "model": result["model_config"],
