@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fracture_al.detection.data import CocoFile
+
 
 def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "FRACTURE_AL_HOME": str(home), "FRACTURE_AL_DEVICE": "cpu"}
@@ -118,11 +120,16 @@ def test_models_list_show_and_promote(trained_home: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_fresh_home_predicts_with_the_shipped_model(tmp_path: Path, inputs: dict[str, Path]) -> None:
-    result = run_cli(tmp_path, "predict", str(inputs["jpeg"]), "--json", "--threshold", "0")
+def test_a_fresh_home_predicts_with_the_shipped_model(tmp_path: Path, sample_dir: Path) -> None:
+    # The sample's fractured X-rays of val and test: FracAtlas X-rays the shipped model did not train on.
+    fractured = [sample_dir / "images" / record.file_name for split in ("val", "test")
+                 for record in CocoFile(sample_dir / f"{split}.json").images if record.boxes]  # fmt: skip
+    assert fractured
+    result = run_cli(tmp_path, "predict", *map(str, fractured), "--json", "--threshold", "0")
     assert result.returncode == 0, result.stderr
-    answer = json.loads(result.stdout)[0]
-    assert answer["model_version"] == "v0001" and answer["detections"]
+    answers = json.loads(result.stdout)
+    assert len(answers) == len(fractured) and {answer["model_version"] for answer in answers} == {"v0001"}
+    assert any(answer["detections"] for answer in answers)
     listed = json.loads(run_cli(tmp_path, "models", "list", "--json").stdout)
     assert [(row["version"], row["source"]) for row in listed] == [("v0001", "shipped")]
     written = list(tmp_path.rglob("*"))
