@@ -43,7 +43,7 @@ import json
 import os
 import shutil
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import average_precision, match_detections
 from fracture_al.detection.images import load_image
 from fracture_al.detection.predictor import Predictor
-from fracture_al.detection.recipes import retrain_train_config
 from fracture_al.detection.store import load_model, save_model
 from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.integrations.task_predictions import measure_signals
@@ -70,6 +69,7 @@ from fracture_al.sampling.choices import Strategy, Uncertainty
 from fracture_al.sampling.diversity import random_order
 from fracture_al.sampling.queue import TaskSignals, rank_tasks
 from fracture_al.settings import Settings
+from fracture_al.worker.jobs import retrain_recipe
 
 # Each acquisition the review queue can be set to (uncertainty, batch strategy); None = random.
 ACQUISITIONS: dict[str, tuple[Uncertainty, Strategy] | None] = {
@@ -109,20 +109,11 @@ def load_setting(data: Path, work: Path) -> Setting:
     return Setting(splits["train"].coco.images, parts["pool"], folder / "images", splits["test"])
 
 
-def retrain_base(seed: int) -> TrainConfig:
-    """The worker's retrain settings (worker/jobs.py) before its recipe is chosen, from the
-    product's defaults; evaluation reads its batch size and threshold from them."""
-    settings = Settings()
-    return TrainConfig(epochs=settings.retrain_epochs, batch_size=settings.retrain_batch_size, workers=0, seed=seed)
-
-
-def retrain_config(seed: int, labelled_images: int) -> TrainConfig:
-    """The worker's retrain recipe for a warm start on ``labelled_images`` X-rays."""
-    settings = Settings()
-    _, config = retrain_train_config(retrain_base(seed), labelled_images, warm_start=True,
-                                     few_label_up_to=settings.retrain_few_label_up_to,
-                                     few_label_iterations=settings.retrain_few_label_iterations)  # fmt: skip
-    return config
+def retrain_config(seed: int, labelled_images: int, *, warm_start: bool = True) -> TrainConfig:
+    """The worker's retrain settings (worker.jobs.retrain_recipe, the product's defaults) for
+    ``labelled_images`` X-rays; evaluation reads its batch size and threshold from the plain ones."""
+    _, config = retrain_recipe(Settings(), labelled_images, warm_start=warm_start)
+    return replace(config, seed=seed)
 
 
 def score(model_file: Path, setting: Setting, indices: list[int], device: torch.device) -> dict[str, Any]:
@@ -163,7 +154,8 @@ def mistakes_in_top_decile(order: list[int], mistakes: list[int], candidates: li
 
 def test_model(model_file: Path, setting: Setting, seed: int, device: torch.device) -> dict[str, Any]:
     model, config = load_model(model_file, device)
-    metrics, predictions = evaluate_split(model, setting.target, retrain_base(seed), device, flip_tta=config.flip_tta,
+    plain = retrain_config(seed, 0, warm_start=False)
+    metrics, predictions = evaluate_split(model, setting.target, plain, device, flip_tta=config.flip_tta,
                                           description="target")  # fmt: skip
     return {"target": metrics, "predictions": compact(predictions)}
 

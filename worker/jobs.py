@@ -158,19 +158,8 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     validation = _validation_split(settings, splits, class_names)
     device = choose_device(settings.device)
     model_config = current.model_config if current else ModelConfig(class_names=class_names)
-    recipe_name, train_config = retrain_train_config(
-        TrainConfig(
-            epochs=settings.retrain_epochs,
-            batch_size=settings.retrain_batch_size,
-            time_budget_minutes=settings.retrain_time_budget_minutes,
-            workers=0,
-            seed=settings.seed,
-        ),
-        len(splits["train"].coco.images),
-        warm_start=current is not None,
-        few_label_up_to=settings.retrain_few_label_up_to,
-        few_label_iterations=settings.retrain_few_label_iterations,
-    )
+    labelled = len(splits["train"].coco.images)
+    recipe_name, train_config = retrain_recipe(settings, labelled, warm_start=current is not None)
     progress.update(recipe=recipe_name)
     outcome = fit(
         model_config,
@@ -232,6 +221,21 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
         "queue_verdict": verdict,
         "segmentation": segmentation,
     }
+
+
+def retrain_recipe(settings: Settings, labelled_images: int, *, warm_start: bool) -> tuple[str, TrainConfig]:
+    """The recipe and training settings of a retrain on ``labelled_images`` X-rays, from ``settings``
+    (the rule is detection.recipes.retrain_train_config)."""
+    base = TrainConfig(
+        epochs=settings.retrain_epochs,
+        batch_size=settings.retrain_batch_size,
+        time_budget_minutes=settings.retrain_time_budget_minutes,
+        workers=0,
+        seed=settings.seed,
+    )
+    return retrain_train_config(base, labelled_images, warm_start=warm_start,
+                                few_label_up_to=settings.retrain_few_label_up_to,
+                                few_label_iterations=settings.retrain_few_label_iterations)  # fmt: skip
 
 
 def _refresh(settings: Settings, job: Job | None, project_id: int, published: str | None) -> str | None:
