@@ -6,7 +6,11 @@ training images/s and inference images/s. Prints a table and saves JSON; the tra
 published into ``--home`` so later benchmarks (backend latency, active learning) can reuse it.
 
     python -m benchmarks.train_fracatlas --data ../shared/data/fracatlas --recipe baseline --epochs 4
-    python -m benchmarks.train_fracatlas --data ../shared/data/fracatlas --recipe gpu    # the shipped model
+    python -m benchmarks.train_fracatlas --data ../shared/data/fracatlas --recipe gpu
+
+``--warm-start FILE`` continues a saved detector (a weights file with its model config, e.g. the
+shipped ``detection/shipped/fracture_detector.pt``) on a fresh schedule: a warm restart, for when a
+training's validation curve was still rising as its learning rate annealed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from fracture_al.detection.recipes import RECIPES, recipe
 from fracture_al.detection.store import ModelStore
 from fracture_al.detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.detection.versioning import data_sources, publish_outcome
+from fracture_al.detection.weights import sha256_of
 
 
 def inference_images_per_second(predictor: Predictor, paths: list[Path], batch_size: int) -> float:
@@ -48,16 +53,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_fracatlas.json"))
     parser.add_argument("--recipe", choices=list(RECIPES), default="baseline")
     parser.add_argument("--epochs", type=int, help="Override the recipe's epochs.")
-    parser.add_argument("--time-budget", type=float, help="Stop training after this many minutes.")
+    parser.add_argument("--lr", type=float, help="Override the recipe's peak learning rate.")
+    parser.add_argument("--warm-start", type=Path, help="Start from this saved detector file, not ImageNet weights.")
+    parser.add_argument("--time-budget", type=float, help="Stop training after this many minutes (0: no budget).")
     parser.add_argument("--workers", type=int, help="Override the recipe's data-loading processes.")
     parser.add_argument("--box-head-size", type=int, help="Override the box head's width.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--run-name", help="Run folder under HOME/runs (default: a timestamp); reuse it with --resume.")
+    parser.add_argument("--resume", action="store_true", help="Continue the run folder's last checkpoint.")
     args = parser.parse_args()
 
     device = choose_device(args.device)
     splits = load_splits(args.data)
-    overrides = {"epochs": args.epochs, "time_budget_minutes": args.time_budget, "workers": args.workers}
+    overrides = {"epochs": args.epochs, "lr": args.lr, "time_budget_minutes": args.time_budget, "workers": args.workers}
     model_config, train_config = recipe(args.recipe).configs(
         splits["train"].coco,
         model=replace(ModelConfig(class_names=splits["train"].coco.class_names),
@@ -65,8 +74,11 @@ def main() -> None:
         train=TrainConfig(seed=args.seed),
     )
     train_config = replace(train_config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.warm_start:  # the saved detector's own architecture, size and anchors
+        saved = torch.load(args.warm_start, map_location="cpu", weights_only=True)
+        model_config = ModelConfig.from_dict(saved["model_config"])
     store = ModelStore(args.home / "models")
-    run_dir = args.home / "runs" / time.strftime("bench-%Y%m%d-%H%M%S")
+    run_dir = args.home / "runs" / (args.run_name or time.strftime("bench-%Y%m%d-%H%M%S"))
 
     outcome = fit(
         model_config,
@@ -75,7 +87,8 @@ def main() -> None:
         splits["val"],
         run_dir,
         device=device,
-        init=Initialisation(),
+        init=Initialisation(model_file=args.warm_start),
+        resume=args.resume,
         on_epoch=lambda summary: print(json.dumps(summary), flush=True),
     )
     version = publish_outcome(store, outcome, test_split=splits["test"], data_sources=data_sources(**splits))
@@ -96,6 +109,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "recipe": args.recipe,
+        "warm_start": {"file": str(args.warm_start), "sha256": sha256_of(args.warm_start)} if args.warm_start else None,
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
         "selected_epoch": outcome.selected_epoch,
