@@ -59,18 +59,48 @@ def served_metrics(weights: Path, data: Path) -> dict[str, Any]:
             "test_intervals": metrics_with_intervals(test, predictions, threshold=threshold)}  # fmt: skip
 
 
+def training_stages(content: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trainings behind the shipped weights, first to last: a warm restart's manifest holds the
+    manifest of the shipped model it continued (``continues``)."""
+    stages = [content]
+    while "continues" in stages[0]:
+        stages.insert(0, stages[0]["continues"])
+    return stages
+
+
+def stage_paragraph(stage: dict[str, Any], start: str) -> str:
+    train = stage["train"]
+    # A time budget ends the schedule where the minutes run out, so how many epochs fit depends on the CPU.
+    machine = f" ({stage['machine']})" if stage.get("machine") else ""
+    minutes = train.get("time_budget_minutes")
+    budget = f" within a {minutes:g}-minute budget{machine}" if minutes else machine
+    return (
+        f"Recipe `{stage['recipe']}` from `detection/recipes.py`, from {start}: SGD lr {train['lr']}, "
+        f"batch {train['batch_size']}, seed {train['seed']}, {train['epochs']} epochs planned, "
+        f"{stage['epochs_run']} run, epoch {stage['selected_epoch']} kept (best validation mAP@50), fracture X-rays at "
+        f"{train['positive_fraction']} of draws, weight EMA {train['ema_decay']}; trained on {stage['device']}{budget}."
+    )
+
+
 def card(content: dict[str, Any]) -> str:
     rows = "\n".join(
         f"| {name} | {m['value']:.3f} | {m['low']:.3f} to {m['high']:.3f} |"
         for name, m in content["metrics"]["test_intervals"].items()
         if m["value"] is not None
     )
-    train = content["train"]
-    model = content["model"]
-    # A time budget ends the schedule where the minutes run out, so how many epochs fit depends on the CPU.
-    machine = f" ({content['machine']})" if content.get("machine") else ""
-    minutes = train.get("time_budget_minutes")
-    budget = f" within a {minutes:g}-minute budget{machine}" if minutes else ""
+    model, stages = content["model"], training_stages(content)
+    starts = ["ImageNet MobileNetV2 weights"] + [
+        f"stage {number}'s shipped weights (SHA-256 `{stage['sha256']}`)" for number, stage in enumerate(stages[:-1], 1)
+    ]
+    paragraphs = "\n\n".join(
+        f"{number}. {stage_paragraph(stage, start)}"
+        for number, (stage, start) in enumerate(zip(stages, starts, strict=True), 1)
+    )
+    reproduce = "\n".join(
+        f"    {stage['command']}\n"
+        f"    python -m benchmarks.ship_model --result <that run's JSON> --command \"<the command above>\""
+        for stage in stages
+    )
     return f"""# fracture-al shipped fracture detector
 
 A Faster R-CNN (`{model['arch']}`, torchvision) that draws boxes around bone fractures on
@@ -87,17 +117,15 @@ with fractures, 67 boxes), which was not used for training or selection.
 Data: {ATTRIBUTION}
 
 ## Recipe
-`{content['recipe']}` from `detection/recipes.py`: input {model['min_size']} px (max {model['max_size']}),
-anchors {model['anchor_sizes']} x ratios {model['aspect_ratios']}, box head {model['box_head_size']} wide,
-flip TTA {'on' if model['flip_tta'] else 'off'}; SGD lr {train['lr']}, batch {train['batch_size']},
-{train['epochs']} epochs planned, {content['epochs_run']} run, epoch {content['selected_epoch']} kept
-(best validation mAP@50), fracture X-rays at {train['positive_fraction']} of draws,
-weight EMA {train['ema_decay']}, ImageNet MobileNetV2 backbone, trained on {content['device']}{budget}.
+Input {model['min_size']} px (max {model['max_size']}), anchors {model['anchor_sizes']} x ratios
+{model['aspect_ratios']}, box head {model['box_head_size']} wide, flip TTA {'on' if model['flip_tta'] else 'off'}.
+Trained on the train split in {len(stages)} stage(s), each a warm-up and a cosine learning-rate schedule:
 
-Reproduce:
+{paragraphs}
 
-    {content['command']}
-    python -m benchmarks.ship_model --result <that run's JSON> --command "<the command above>"
+Reproduce (each stage's ship step puts the weights where the next stage's `--warm-start` reads them):
+
+{reproduce}
 
 Weights: `{content['file']}`, half precision, SHA-256 `{content['sha256']}` (checked before
 it is installed into a model store and every time it is loaded).
@@ -119,6 +147,18 @@ X-rays).
 """
 
 
+def continued_manifest(result: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+    """The shipped model's manifest when ``result`` is a warm restart of it (None for a training from
+    ImageNet): the card then tells both trainings. Any other starting point has no known history."""
+    if not result.get("warm_start"):
+        return None
+    shipped = manifest(folder)
+    if result["warm_start"]["sha256"] != shipped["sha256"]:
+        raise SystemExit(f"the run was warm-started from {result['warm_start']['file']}, not the shipped model "
+                         f"(SHA-256 {shipped['sha256']}): its training history is unknown")  # fmt: skip
+    return shipped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--result", type=Path, help="JSON written by benchmarks/train_fracatlas.py")
@@ -136,6 +176,7 @@ def main() -> None:
         parser.error("--result needs --command, the exact training command")
     else:
         result = json.loads(args.result.read_text())
+        continues = continued_manifest(result, args.out)
         half_precision(args.model_file or Path(result["version_path"]) / "model.pt", args.out / WEIGHTS_FILE)
         content = {
             "name": f"fracatlas-{result['recipe']}",
@@ -151,6 +192,7 @@ def main() -> None:
             "train": result["train_config"],
             "data": {"train": "FracAtlas train split", "validation": "FracAtlas val split",
                      "test": "FracAtlas test split", "license": "CC BY 4.0", "attribution": ATTRIBUTION},
+            **({"continues": continues} if continues else {}),
         }  # fmt: skip
     content["metrics"] = served_metrics(args.out / WEIGHTS_FILE, args.data)
     (args.out / MANIFEST_FILE).write_text(json.dumps(content, indent=2) + "\n")

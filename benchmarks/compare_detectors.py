@@ -1,0 +1,76 @@
+"""Two saved detectors on the same FracAtlas X-rays: is B better than A, beyond the noise of a
+small test set?
+
+Paired bootstrap over the X-rays (:func:`detection.bootstrap.paired_difference`): each resample
+draws X-rays, and both models are scored on the same draw, so what the two have in common cancels.
+Reports B - A for mAP@50 and image AUROC on val and test, with 95% intervals and the share of
+resamples where B is ahead. Used to compare a shipped model with the one it replaces (the old file
+comes out of git history):
+
+    git show 070e4e4:detection/shipped/fracture_detector.pt > /tmp/previous.pt
+    python -m benchmarks.compare_detectors --a /tmp/previous.pt --b detection/shipped/fracture_detector.pt \\
+        --out benchmarks/reported/shipped_model_vs_previous.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fracture_al.detection.bootstrap import paired_difference
+from fracture_al.detection.evaluation import auroc_of, average_precision, match_detections
+from fracture_al.detection.store import load_model
+from fracture_al.detection.training import TrainConfig, evaluate_split, load_splits
+from fracture_al.detection.weights import sha256_of
+
+METRICS = {"mAP50": average_precision, "auroc": auroc_of}
+
+
+def split_matches(model_file: Path, data: Path, split: str) -> list:
+    model, config = load_model(model_file)
+    splits = load_splits(data, class_names=config.class_names)
+    _, predictions = evaluate_split(model, splits[split], TrainConfig(), torch.device("cpu"),
+                                    flip_tta=config.flip_tta, description=f"{model_file.name} {split}")  # fmt: skip
+    return match_detections(splits[split].coco, predictions)
+
+
+def compare(a: Path, b: Path, data: Path, split: str) -> dict[str, Any]:
+    matches_a, matches_b = split_matches(a, data, split), split_matches(b, data, split)
+    if [m.image_id for m in matches_a] != [m.image_id for m in matches_b]:
+        raise ValueError("the two models were scored on different X-rays")
+    rows = {}
+    for name, statistic in METRICS.items():
+        d = paired_difference(matches_a, matches_b, statistic)
+        rows[name] = {"a": statistic(matches_a), "b": statistic(matches_b), "b_minus_a": d.value,
+                      "low": d.low, "high": d.high, "share_b_ahead": d.probability_better}  # fmt: skip
+    return {"xrays": len(matches_a), **rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", type=Path, required=True, help="The reference detector file.")
+    parser.add_argument("--b", type=Path, required=True, help="The detector compared with it.")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
+    parser.add_argument("--splits", nargs="+", default=["val", "test"])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare_detectors.json"))
+    args = parser.parse_args()
+
+    result = {"a": {"file": str(args.a), "sha256": sha256_of(args.a)},
+              "b": {"file": str(args.b), "sha256": sha256_of(args.b)},
+              "splits": {split: compare(args.a, args.b, args.data, split) for split in args.splits}}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for split, rows in result["splits"].items():
+        for name in METRICS:
+            row = rows[name]
+            print(f"{split:5} {name:6} A {row['a']:.3f}  B {row['b']:.3f}  B-A {row['b_minus_a']:+.3f} "
+                  f"({row['low']:+.3f} to {row['high']:+.3f}), B ahead in {row['share_b_ahead']:.0%} of draws")
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
