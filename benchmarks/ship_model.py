@@ -11,6 +11,10 @@ with bootstrap 95% intervals over the X-rays at that threshold; and writes ``man
     python -m benchmarks.ship_model --result benchmarks/results/cpu60.json \\
         --command "python -m benchmarks.train_fracatlas --data ../shared/data/fracatlas --recipe cpu"
 
+A run warm-started from the shipped weights (``train_fracatlas --warm-start
+detection/shipped/fracture_detector.pt``) is a further training stage: its manifest keeps the one it
+continued (``continues``) and the card lists every stage with its command.
+
 Without ``--result`` the shipped weights stay as they are and only their metrics and card are
 made again (``python -m benchmarks.ship_model``).
 """
