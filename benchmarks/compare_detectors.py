@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fracture_al.detection.bootstrap import paired_difference
-from fracture_al.detection.evaluation import auroc_of, average_precision, match_detections
+from fracture_al.detection.evaluation import ImageMatches, auroc_of, average_precision, match_detections
 from fracture_al.detection.store import load_model
 from fracture_al.detection.training import TrainConfig, evaluate_split, load_splits
 from fracture_al.detection.weights import sha256_of
@@ -30,16 +30,19 @@ from fracture_al.detection.weights import sha256_of
 METRICS = {"mAP50": average_precision, "auroc": auroc_of}
 
 
-def split_matches(model_file: Path, data: Path, split: str) -> list:
+def matches_by_split(model_file: Path, data: Path, split_names: list[str]) -> dict[str, list[ImageMatches]]:
+    """``model_file``'s detections matched to the boxes of each named split."""
     model, config = load_model(model_file)
     splits = load_splits(data, class_names=config.class_names)
-    _, predictions = evaluate_split(model, splits[split], TrainConfig(), torch.device("cpu"),
-                                    flip_tta=config.flip_tta, description=f"{model_file.name} {split}")  # fmt: skip
-    return match_detections(splits[split].coco, predictions)
+    matches = {}
+    for name in split_names:
+        _, predictions = evaluate_split(model, splits[name], TrainConfig(), torch.device("cpu"),
+                                        flip_tta=config.flip_tta, description=f"{model_file.name} {name}")  # fmt: skip
+        matches[name] = match_detections(splits[name].coco, predictions)
+    return matches
 
 
-def compare(a: Path, b: Path, data: Path, split: str) -> dict[str, Any]:
-    matches_a, matches_b = split_matches(a, data, split), split_matches(b, data, split)
+def compare(matches_a: list[ImageMatches], matches_b: list[ImageMatches]) -> dict[str, Any]:
     if [m.image_id for m in matches_a] != [m.image_id for m in matches_b]:
         raise ValueError("the two models were scored on different X-rays")
     rows = {}
@@ -59,9 +62,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare_detectors.json"))
     args = parser.parse_args()
 
+    matches_a, matches_b = (matches_by_split(path, args.data, args.splits) for path in (args.a, args.b))
     result = {"a": {"file": str(args.a), "sha256": sha256_of(args.a)},
               "b": {"file": str(args.b), "sha256": sha256_of(args.b)},
-              "splits": {split: compare(args.a, args.b, args.data, split) for split in args.splits}}  # fmt: skip
+              "splits": {split: compare(matches_a[split], matches_b[split]) for split in args.splits}}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for split, rows in result["splits"].items():

@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--run-name", help="Run folder under HOME/runs (default: a timestamp); reuse it with --resume.")
     parser.add_argument("--resume", action="store_true", help="Continue the run folder's last checkpoint.")
     args = parser.parse_args()
+    if args.warm_start and args.box_head_size:
+        parser.error("--box-head-size cannot change a warm-started detector: it keeps the saved one's")
 
     device = choose_device(args.device)
     splits = load_splits(args.data)
@@ -74,7 +76,9 @@ def main() -> None:
         train=TrainConfig(seed=args.seed),
     )
     train_config = replace(train_config, **{k: v for k, v in overrides.items() if v is not None})
-    if args.warm_start:  # the saved detector's own architecture, size and anchors
+    warm_start = None
+    if args.warm_start:  # the saved detector's own architecture, size and anchors; hashed as read
+        warm_start = {"file": str(args.warm_start), "sha256": sha256_of(args.warm_start)}
         saved = torch.load(args.warm_start, map_location="cpu", weights_only=True)
         model_config = ModelConfig.from_dict(saved["model_config"])
     store = ModelStore(args.home / "models")
@@ -109,7 +113,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "recipe": args.recipe,
-        "warm_start": {"file": str(args.warm_start), "sha256": sha256_of(args.warm_start)} if args.warm_start else None,
+        "warm_start": warm_start,
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
         "selected_epoch": outcome.selected_epoch,
