@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--recipe", choices=list(RECIPES), default="baseline")
     parser.add_argument("--epochs", type=int, help="Override the recipe's epochs.")
     parser.add_argument("--lr", type=float, help="Override the recipe's peak learning rate.")
+    parser.add_argument("--ema-decay", type=float, help="Keep a weight EMA with this decay.")
     parser.add_argument("--warm-start", type=Path, help="Start from this saved detector file, not ImageNet weights.")
     parser.add_argument("--time-budget", type=float, help="Stop training after this many minutes (0: no budget).")
     parser.add_argument("--workers", type=int, help="Override the recipe's data-loading processes.")
@@ -68,7 +69,8 @@ def main() -> None:
 
     device = choose_device(args.device)
     splits = load_splits(args.data)
-    overrides = {"epochs": args.epochs, "lr": args.lr, "time_budget_minutes": args.time_budget, "workers": args.workers}
+    overrides = {"epochs": args.epochs, "lr": args.lr, "time_budget_minutes": args.time_budget, "workers": args.workers,
+                 "ema_decay": args.ema_decay}
     model_config, train_config = recipe(args.recipe).configs(
         splits["train"].coco,
         model=replace(ModelConfig(class_names=splits["train"].coco.class_names),
