@@ -7,15 +7,22 @@ Reports B - A for mAP@50 and image AUROC on val and test, with 95% intervals and
 resamples where B is ahead. Used to compare a shipped model with the one it replaces (the old file
 comes out of git history):
 
-    git show 070e4e4:detection/shipped/fracture_detector.pt > /tmp/previous.pt
+    git show b5dfdaf:detection/shipped/fracture_detector.pt > /tmp/previous.pt
     python -m benchmarks.compare_detectors --a /tmp/previous.pt --b detection/shipped/fracture_detector.pt \\
         --out benchmarks/reported/shipped_model_vs_previous.json
+
+``--b-set`` changes B's inference settings (the fields of :data:`INFERENCE_SETTINGS`), so one
+detector can be compared with itself under flip TTA or at another test scale:
+
+    python -m benchmarks.compare_detectors --a detection/shipped/fracture_detector.pt \\
+        --b detection/shipped/fracture_detector.pt --b-set flip_tta=true
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +30,40 @@ import torch
 
 from fracture_al.detection.bootstrap import paired_difference
 from fracture_al.detection.evaluation import ImageMatches, auroc_of, average_precision, match_detections
-from fracture_al.detection.store import load_model
+from fracture_al.detection.model import ModelConfig, build_model
 from fracture_al.detection.training import TrainConfig, evaluate_split, load_splits
 from fracture_al.detection.weights import sha256_of
 
 METRICS = {"mAP50": average_precision, "auroc": auroc_of}
+# ModelConfig fields that change how a trained detector predicts, not which weights it has.
+INFERENCE_SETTINGS = ("flip_tta", "min_size", "max_size")
 
 
-def matches_by_split(model_file: Path, data: Path, split_names: list[str]) -> dict[str, list[ImageMatches]]:
-    """``model_file``'s detections matched to the boxes of each named split."""
-    model, config = load_model(model_file)
+def inference_setting(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` (VALUE in JSON: ``flip_tta=true``, ``min_size=640``) for ``--b-set``."""
+    name, _, value = text.partition("=")
+    if name not in INFERENCE_SETTINGS:
+        raise argparse.ArgumentTypeError(f"{name!r} is not an inference setting ({', '.join(INFERENCE_SETTINGS)})")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value must be JSON, e.g. flip_tta=true") from None
+
+
+def load_detector(model_file: Path, settings: dict[str, Any]) -> tuple[torch.nn.Module, ModelConfig]:
+    """The saved detector rebuilt with ``settings`` in place of its own inference settings."""
+    saved = torch.load(model_file, map_location="cpu", weights_only=True)
+    config = replace(ModelConfig.from_dict(saved["model_config"]), **settings)
+    model = build_model(config)
+    model.load_state_dict(saved["model"])
+    return model.eval(), config
+
+
+def matches_by_split(
+    model_file: Path, data: Path, split_names: list[str], settings: dict[str, Any]
+) -> dict[str, list[ImageMatches]]:
+    """``model_file``'s detections, under ``settings``, matched to the boxes of each named split."""
+    model, config = load_detector(model_file, settings)
     splits = load_splits(data, class_names=config.class_names)
     matches = {}
     for name in split_names:
@@ -57,14 +88,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", type=Path, required=True, help="The reference detector file.")
     parser.add_argument("--b", type=Path, required=True, help="The detector compared with it.")
+    parser.add_argument("--b-set", type=inference_setting, nargs="+", default=[], metavar="FIELD=VALUE",
+                        help=f"Predict with B under these settings ({', '.join(INFERENCE_SETTINGS)}).")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
     parser.add_argument("--splits", nargs="+", default=["val", "test"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/compare_detectors.json"))
     args = parser.parse_args()
 
-    matches_a, matches_b = (matches_by_split(path, args.data, args.splits) for path in (args.a, args.b))
+    b_settings = dict(args.b_set)
+    matches_a = matches_by_split(args.a, args.data, args.splits, {})
+    matches_b = matches_by_split(args.b, args.data, args.splits, b_settings)
     result = {"a": {"file": str(args.a), "sha256": sha256_of(args.a)},
-              "b": {"file": str(args.b), "sha256": sha256_of(args.b)},
+              "b": {"file": str(args.b), "sha256": sha256_of(args.b), "settings": b_settings},
               "splits": {split: compare(matches_a[split], matches_b[split]) for split in args.splits}}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
