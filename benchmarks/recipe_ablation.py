@@ -11,6 +11,18 @@ table (markdown) and a plot.
         python benchmarks/recipe_ablation.py --variant $v --epochs 10 --out runs/ablation &
     done; wait
     python benchmarks/recipe_ablation.py --report runs/ablation --title "H100, 10 epochs"
+
+``--speed SECONDS`` measures a variant's cost instead of its accuracy, on a machine too slow to
+train every variant (the 2-core CPU): that many seconds of training iterations from ImageNet
+weights, inference on 40 test X-rays, and the half-precision file size. One variant at a time, with
+the machine to itself:
+
+    for v in base res800 multiscale anchors positives ema light_head all; do
+        python -m benchmarks.recipe_ablation --variant $v --speed 90 --batch-size 4 --lr 0.01 --workers 1 \\
+            --out benchmarks/reported/recipe_ablation_cpu_cost
+    done
+    python -m benchmarks.recipe_ablation --report benchmarks/reported/recipe_ablation_cpu_cost \\
+        --title "2-core AMD EPYC CPU without AVX-512"
 """
 
 from __future__ import annotations
@@ -24,12 +36,26 @@ from typing import Any
 
 import torch
 
-from fracture_al.detection.data import eval_transforms
+from fracture_al.detection.data import eval_transforms, train_transforms
 from fracture_al.detection.devices import choose_device
+from fracture_al.detection.engine import LossLog, train_one_epoch
 from fracture_al.detection.recipes import Recipe
-from fracture_al.detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits, make_loader
+from fracture_al.detection.training import (
+    Initialisation,
+    TrainConfig,
+    evaluate_split,
+    fit,
+    initial_model,
+    load_splits,
+    make_loader,
+    make_optimizer,
+    seed_everything,
+    weight_average,
+)
 
 HIGH_RES = {"min_size": 800, "max_size": 1333}
+# Training before the speed is timed: the first iterations allocate and start the loader.
+SPEED_WARM_UP_SECONDS = 20
 
 
 def variants(epochs: int, batch_size: int, lr: float, workers: int) -> dict[str, Recipe]:
@@ -108,6 +134,44 @@ def run_variant(recipe: Recipe, data: Path, out: Path, device: torch.device, see
     }
 
 
+def measure_speed(recipe: Recipe, data: Path, device: torch.device, seed: int, seconds: float) -> dict[str, Any]:
+    """What a variant costs: training images/s over ``seconds`` of iterations (after a warm-up),
+    inference images/s, and its weights' size in half precision."""
+    splits = load_splits(data)
+    model_config, train_config = recipe.configs(splits["train"].coco, train=TrainConfig(seed=seed))
+    seed_everything(seed)
+    model, _ = initial_model(model_config, Initialisation())
+    model.to(device)
+    # A long nominal schedule: the measured iterations sit at the peak learning rate, as most of a run does.
+    optimizer, scheduler = make_optimizer(model, train_config, total_iterations=100_000)
+    averaged = weight_average(model, train_config)
+    loader = make_loader(splits["train"].dataset(train_transforms()), train_config, device, shuffle=True, epoch=1)
+
+    def train_for(limit: float) -> tuple[int, float]:
+        started = time.monotonic()
+        iterations = train_one_epoch(model, optimizer, scheduler, loader, device, 1, LossLog(), averaged=averaged,
+                                     deadline=started + limit)  # fmt: skip
+        return iterations, time.monotonic() - started
+
+    train_for(SPEED_WARM_UP_SECONDS)
+    iterations, elapsed = train_for(seconds)
+    served = averaged.module if averaged is not None else model
+    return {
+        "variant": recipe.name,
+        "description": recipe.description,
+        "speed_only": True,
+        "model_config": model_config.to_dict(),
+        "train_config": train_config.to_dict(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "train_images": len(splits["train"].coco.images),
+        "train_iterations": iterations,
+        "train_images_per_second": iterations * train_config.batch_size / elapsed,
+        "inference_images_per_second": inference_images_per_second(served, splits["test"], train_config, device),
+        "half_precision_mb": sum(p.numel() for p in served.state_dict().values()) * 2 / 1e6,
+    }
+
+
 COLUMNS = (
     ("test mAP@50", lambda r: r["test"]["mAP50"]),
     ("test mAP@75", lambda r: r["test"]["mAP75"]),
@@ -126,6 +190,10 @@ def report(folder: Path, title: str) -> str:
         raise SystemExit(f"no variant results in {folder}")
     order = list(variants(1, 1, 0.0, 0))
     results.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
+    if all(result.get("speed_only") for result in results):
+        table = speed_table(results, title)
+        (folder / "table.md").write_text(table)
+        return table
     lines = [
         f"Recipe ablation, {title}: FracAtlas test (132 X-rays, 67 boxes); "
         "img/s measured with the variants side by side",
@@ -141,6 +209,28 @@ def report(folder: Path, title: str) -> str:
     (folder / "table.md").write_text(table)
     plot(results, folder / "recipe_ablation.png", title)
     return table
+
+
+def speed_table(results: list[dict[str, Any]], title: str) -> str:
+    """What each lever costs, and how many epochs of the train split a 60-minute budget holds
+    (training alone: each epoch's validation comes on top)."""
+    base = next((r for r in results if r["variant"] == "base"), results[0])
+    lines = [
+        f"Recipe ablation, cost of each lever, {title}, one variant at a time: training from ImageNet weights at "
+        f"batch {base['train_config']['batch_size']}, inference one X-ray at a time on FracAtlas test",
+        "",
+        "| variant | lever | train img/s | vs base | infer img/s | vs base | epochs in 60 min | weights MB (fp16) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['variant']} | {r['description']} | {r['train_images_per_second']:.2f} | "
+            f"{r['train_images_per_second'] / base['train_images_per_second']:.2f}x | "
+            f"{r['inference_images_per_second']:.2f} | "
+            f"{r['inference_images_per_second'] / base['inference_images_per_second']:.2f}x | "
+            f"{3600 * r['train_images_per_second'] / r['train_images']:.1f} | {r['half_precision_mb']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -186,6 +276,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-budget", type=float, help="Safety stop for training, minutes (reported).")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--speed", type=float, metavar="SECONDS",
+                        help="Measure the variant's training and inference speed for this long instead of training it.")
     parser.add_argument("--report", type=Path, help="Gather the JSON of a finished run folder instead.")
     parser.add_argument("--title", default="")
     args = parser.parse_args()
@@ -197,8 +289,15 @@ def main() -> None:
     recipe = variants(args.epochs, args.batch_size, args.lr, args.workers)[args.variant]
     if args.time_budget:
         recipe = replace(recipe, train={**recipe.train, "time_budget_minutes": args.time_budget})
-    result = run_variant(recipe, args.data, args.out, choose_device(args.device), args.seed)
+    device = choose_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.speed:
+        result = measure_speed(recipe, args.data, device, args.seed, args.speed)
+        (args.out / f"{args.variant}.json").write_text(json.dumps(result, indent=2))
+        print(args.variant, f"train {result['train_images_per_second']:.2f} img/s,",
+              f"inference {result['inference_images_per_second']:.2f} img/s", flush=True)  # fmt: skip
+        return
+    result = run_variant(recipe, args.data, args.out, device, args.seed)
     (args.out / f"{args.variant}.json").write_text(json.dumps(result, indent=2))
     print(args.variant, json.dumps(result["test"]), json.dumps(result["test_flip_tta"]), flush=True)
 
