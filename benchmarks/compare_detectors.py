@@ -45,9 +45,13 @@ def inference_setting(text: str) -> tuple[str, Any]:
     if name not in INFERENCE_SETTINGS:
         raise argparse.ArgumentTypeError(f"{name!r} is not an inference setting ({', '.join(INFERENCE_SETTINGS)})")
     try:
-        return name, json.loads(value)
+        parsed = json.loads(value)
     except json.JSONDecodeError:
         raise argparse.ArgumentTypeError(f"{text!r}: the value must be JSON, e.g. flip_tta=true") from None
+    expected = type(getattr(ModelConfig(), name))
+    if type(parsed) is not expected:
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} takes a {expected.__name__}")
+    return name, parsed
 
 
 def load_detector(model_file: Path, settings: dict[str, Any]) -> tuple[torch.nn.Module, ModelConfig]:

@@ -190,7 +190,10 @@ def report(folder: Path, title: str) -> str:
         raise SystemExit(f"no variant results in {folder}")
     order = list(variants(1, 1, 0.0, 0))
     results.sort(key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
-    if all(result.get("speed_only") for result in results):
+    speed_only = {bool(result.get("speed_only")) for result in results}
+    if len(speed_only) > 1:
+        raise SystemExit(f"{folder} mixes speed-only (--speed) and trained variants: report them from separate folders")
+    if speed_only == {True}:
         table = speed_table(results, title)
         (folder / "table.md").write_text(table)
         return table
