@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,9 @@ import torch
 
 from fracture_al.detection.bootstrap import paired_difference
 from fracture_al.detection.evaluation import ImageMatches, auroc_of, average_precision, match_detections
-from fracture_al.detection.model import ModelConfig, build_model
-from fracture_al.detection.training import TrainConfig, evaluate_split, load_splits
+from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.store import load_model
+from fracture_al.detection.training import DataSplit, TrainConfig, evaluate_split, load_splits
 from fracture_al.detection.weights import sha256_of
 
 METRICS = {"mAP50": average_precision, "auroc": auroc_of}
@@ -54,25 +54,14 @@ def inference_setting(text: str) -> tuple[str, Any]:
     return name, parsed
 
 
-def load_detector(model_file: Path, settings: dict[str, Any]) -> tuple[torch.nn.Module, ModelConfig]:
-    """The saved detector rebuilt with ``settings`` in place of its own inference settings."""
-    saved = torch.load(model_file, map_location="cpu", weights_only=True)
-    config = replace(ModelConfig.from_dict(saved["model_config"]), **settings)
-    model = build_model(config)
-    model.load_state_dict(saved["model"])
-    return model.eval(), config
-
-
 def matches_by_split(
-    model_file: Path, data: Path, split_names: list[str], settings: dict[str, Any]
+    model: torch.nn.Module, flip_tta: bool, splits: dict[str, DataSplit], split_names: list[str], label: str
 ) -> dict[str, list[ImageMatches]]:
-    """``model_file``'s detections, under ``settings``, matched to the boxes of each named split."""
-    model, config = load_detector(model_file, settings)
-    splits = load_splits(data, class_names=config.class_names)
+    """``model``'s detections matched to the boxes of each named split."""
     matches = {}
     for name in split_names:
-        _, predictions = evaluate_split(model, splits[name], TrainConfig(), torch.device("cpu"),
-                                        flip_tta=config.flip_tta, description=f"{model_file.name} {name}")  # fmt: skip
+        _, predictions = evaluate_split(model, splits[name], TrainConfig(), torch.device("cpu"), flip_tta=flip_tta,
+                                        description=f"{label} {name}")  # fmt: skip
         matches[name] = match_detections(splits[name].coco, predictions)
     return matches
 
@@ -100,8 +89,13 @@ def main() -> None:
     args = parser.parse_args()
 
     b_settings = dict(args.b_set)
-    matches_a = matches_by_split(args.a, args.data, args.splits, {})
-    matches_b = matches_by_split(args.b, args.data, args.splits, b_settings)
+    model_a, config_a = load_model(args.a)
+    model_b, config_b = load_model(args.b, overrides=b_settings)
+    if config_a.class_names != config_b.class_names:
+        raise SystemExit(f"A detects {config_a.class_names}, B {config_b.class_names}: nothing to pair")
+    splits = load_splits(args.data, class_names=config_a.class_names)
+    matches_a = matches_by_split(model_a, config_a.flip_tta, splits, args.splits, f"A {args.a.name}")
+    matches_b = matches_by_split(model_b, config_b.flip_tta, splits, args.splits, f"B {args.b.name}")
     result = {"a": {"file": str(args.a), "sha256": sha256_of(args.a)},
               "b": {"file": str(args.b), "sha256": sha256_of(args.b), "settings": b_settings},
               "splits": {split: compare(matches_a[split], matches_b[split]) for split in args.splits}}  # fmt: skip

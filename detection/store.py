@@ -23,8 +23,8 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +109,15 @@ def save_model(model: torch.nn.Module, config: ModelConfig | MaskModelConfig, pa
 
 
 def load_model(
-    path: Path, device: torch.device | str = "cpu"
+    path: Path, device: torch.device | str = "cpu", *, overrides: Mapping[str, Any] | None = None
 ) -> tuple[torch.nn.Module, ModelConfig | MaskModelConfig]:
-    """Rebuild a saved network of any task (no pretrained checkpoint needed: the file has every weight)."""
+    """Rebuild a saved network of any task (no pretrained checkpoint needed: the file has every weight).
+    ``overrides`` replaces config fields that leave the weights' shapes alone (e.g. ``flip_tta``,
+    ``min_size``), to predict with the same weights under other settings."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     config = model_config_from_dict(saved["model_config"])
+    if overrides:
+        config = replace(config, **overrides)
     model = build_model(config) if isinstance(config, ModelConfig) else build_mask_model(config)
     model.load_state_dict(saved["model"])
     return model.to(device).eval(), config

@@ -6,8 +6,10 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
-from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, write_json
+from fracture_al.detection.model import ModelConfig, build_model
+from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, load_model, save_model, write_json
 
 
 def stage_fake_version(store: ModelStore, marker: str) -> Path:
@@ -105,3 +107,18 @@ def test_debris_of_a_killed_writer_is_cleared_but_live_writers_are_left_alone(tm
     assert not dead.exists()
     assert alive.exists() and elsewhere.exists()
     assert store.list() == []
+
+
+def test_a_saved_detector_loads_with_other_inference_settings_and_the_same_weights(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_model(build_model(ModelConfig()), ModelConfig(), path)
+
+    plain, plain_config = load_model(path)
+    changed, changed_config = load_model(path, overrides={"min_size": 640, "flip_tta": True})
+
+    assert (plain_config.min_size, plain_config.flip_tta) == (512, False)
+    assert (changed_config.min_size, changed_config.flip_tta) == (640, True)
+    assert plain.transform.min_size == (512,) and changed.transform.min_size == (640,)
+    plain_weights, changed_weights = plain.state_dict(), changed.state_dict()
+    assert plain_weights.keys() == changed_weights.keys()
+    assert all(torch.equal(plain_weights[name], changed_weights[name]) for name in plain_weights)
