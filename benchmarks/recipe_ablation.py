@@ -10,7 +10,19 @@ table (markdown) and a plot.
     for v in base res800 multiscale anchors positives ema light_head long all; do
         python benchmarks/recipe_ablation.py --variant $v --epochs 10 --out runs/ablation &
     done; wait
-    python benchmarks/recipe_ablation.py --report runs/ablation --title "H100, 10 epochs"
+    python benchmarks/recipe_ablation.py --report runs/ablation \\
+        --title "H100, 10 epochs, img/s measured with the variants side by side"
+
+On the 2-core CPU, the issue's budget of 60 minutes of training per variant (the schedule is
+shortened to the epochs that fit, as the ``cpu`` recipe's is), one variant at a time with the
+machine to itself. The 2-core machines differ about twofold in speed (``benchmarks.processor``), so
+variants compare only on one kind of CPU; each run records its own, and ``--report`` refuses a mix:
+
+    python -m benchmarks.recipe_ablation --variant base --epochs 12 --time-budget 60 --batch-size 4 --lr 0.01 \\
+        --workers 1 --out benchmarks/results/recipe_ablation_cpu60   # then its JSON to benchmarks/reported/
+
+``--report`` adds each variant's paired bootstrap difference to base on the test X-rays when their
+predictions were kept (runs from before they were have none).
 
 ``--speed SECONDS`` measures a variant's cost instead of its accuracy, on a machine too slow to
 train every variant (the 2-core CPU): that many seconds of training iterations from ImageNet
@@ -36,9 +48,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.predictions import compact, expand
+from benchmarks.processor import processor
+from fracture_al.detection.bootstrap import PairedDifference, paired_difference
 from fracture_al.detection.data import eval_transforms, train_transforms
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.engine import LossLog, train_one_epoch
+from fracture_al.detection.evaluation import auroc_of, average_precision, match_detections
 from fracture_al.detection.recipes import Recipe
 from fracture_al.detection.training import (
     Initialisation,
@@ -114,14 +130,14 @@ def run_variant(recipe: Recipe, data: Path, out: Path, device: torch.device, see
         init=Initialisation(),
         on_epoch=lambda summary: print(recipe.name, json.dumps(summary), flush=True),
     )
-    test, _ = evaluate_split(outcome.model, splits["test"], train_config, device)
+    test, test_predictions = evaluate_split(outcome.model, splits["test"], train_config, device)
     test_tta, _ = evaluate_split(outcome.model, splits["test"], train_config, device, flip_tta=True)
     return {
         "variant": recipe.name,
         "description": recipe.description,
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else processor(),
         "epochs_run": len(outcome.epochs),
         "train_minutes": outcome.seconds / 60,
         "train_images_per_second": outcome.images_per_second,
@@ -131,6 +147,7 @@ def run_variant(recipe: Recipe, data: Path, out: Path, device: torch.device, see
         ],
         "test": test,
         "test_flip_tta": test_tta,
+        "test_predictions": compact(test_predictions),
     }
 
 
@@ -162,7 +179,7 @@ def measure_speed(recipe: Recipe, data: Path, device: torch.device, seed: int, s
         "speed_only": True,
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else processor(),
         "torch_threads": torch.get_num_threads(),
         "train_images": len(splits["train"].coco.images),
         "train_iterations": iterations,
@@ -184,7 +201,34 @@ COLUMNS = (
 )
 
 
-def report(folder: Path, title: str) -> str:
+PAIRED_METRICS = {"mAP50": average_precision, "auroc": auroc_of}
+
+
+def differences_to_base(results: list[dict[str, Any]], data: Path) -> dict[str, dict[str, PairedDifference]]:
+    """Each variant minus base on the same test X-rays, for the variants whose predictions were
+    kept (runs from before ``test_predictions`` was saved have none: no column then)."""
+    base = next((r for r in results if r["variant"] == "base" and "test_predictions" in r), None)
+    if base is None:
+        return {}
+    coco = load_splits(data)["test"].coco
+    base_matches = match_detections(coco, expand(base["test_predictions"]))
+    return {
+        result["variant"]: {
+            name: paired_difference(base_matches, match_detections(coco, expand(result["test_predictions"])), metric)
+            for name, metric in PAIRED_METRICS.items()
+        }
+        for result in results
+        if result["variant"] != "base" and "test_predictions" in result
+    }
+
+
+def difference_cell(difference: PairedDifference) -> str:
+    if difference.value is None:
+        return "-"
+    return f"{difference.value:+.3f} ({difference.low:+.3f} to {difference.high:+.3f})"
+
+
+def report(folder: Path, title: str, data: Path) -> str:
     results = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
     if not results:
         raise SystemExit(f"no variant results in {folder}")
@@ -193,21 +237,31 @@ def report(folder: Path, title: str) -> str:
     speed_only = {bool(result.get("speed_only")) for result in results}
     if len(speed_only) > 1:
         raise SystemExit(f"{folder} mixes speed-only (--speed) and trained variants: report them from separate folders")
+    devices = {result["device"] for result in results}
+    if len(devices) > 1:
+        raise SystemExit(f"{folder} mixes runs on {sorted(devices)}: a time budget buys each a different schedule")
     if speed_only == {True}:
         table = speed_table(results, title)
         (folder / "table.md").write_text(table)
         return table
+    differences = differences_to_base(results, data)
+    headers = [name for name, _ in COLUMNS] + (["mAP@50 - base (95%)", "AUROC - base (95%)"] if differences else [])
     lines = [
-        f"Recipe ablation, {title}: FracAtlas test (132 X-rays, 67 boxes); "
-        "img/s measured with the variants side by side",
+        f"Recipe ablation, {title}: FracAtlas test (132 X-rays, 67 boxes)",
         "",
-        "| variant | lever | epochs | " + " | ".join(name for name, _ in COLUMNS) + " |",
-        "|---|---|---|" + "---|" * len(COLUMNS),
+        "| variant | lever | epochs | " + " | ".join(headers) + " |",
+        "|---|---|---|" + "---|" * len(headers),
     ]
     for result in results:
         cells = [f"{get(result):.3f}" if get(result) is not None else "-" for _, get in COLUMNS]
+        if differences:
+            paired = differences.get(result["variant"], {})
+            cells += [difference_cell(paired[name]) if name in paired else "-" for name in PAIRED_METRICS]
         lines.append(f"| {result['variant']} | {result['description']} | {result['epochs_run']} | "
                      + " | ".join(cells) + " |")  # fmt: skip
+    if differences:
+        lines += ["", "Differences: paired bootstrap over the test X-rays (1,000 resamples), each variant's "
+                  "last epoch against base's."]  # fmt: skip
     table = "\n".join(lines) + "\n"
     (folder / "table.md").write_text(table)
     plot(results, folder / "recipe_ablation.png", title)
@@ -285,7 +339,7 @@ def main() -> None:
     parser.add_argument("--title", default="")
     args = parser.parse_args()
     if args.report:
-        print(report(args.report, args.title))
+        print(report(args.report, args.title, args.data))
         return
     if not args.variant:
         parser.error("--variant or --report is required")

@@ -1,0 +1,24 @@
+"""Which CPU a timed benchmark ran on.
+
+The 2-core machines this project's benchmarks run on all call themselves "AMD EPYC" and differ
+about twofold in training speed, with AVX-512 or without. A budget in minutes buys a different
+number of epochs on each, so results trained under one compare only on the same kind of CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def processor() -> str:
+    """The CPU's model name, its core count and whether it has AVX-512."""
+    try:
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:  # not Linux
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    fields = dict(line.split(":", 1) for line in first_cpu.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    avx512 = "with" if "avx512f" in fields.get("flags", "").split() else "without"
+    return f"{fields.get('model name', platform.machine())}, {os.cpu_count()} cores, {avx512} AVX-512"
