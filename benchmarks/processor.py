@@ -1,4 +1,4 @@
-"""Which CPU a timed benchmark ran on.
+"""Which CPU or GPU a timed benchmark ran on.
 
 The 2-core machines this project's benchmarks run on all call themselves "AMD EPYC" and differ
 about twofold in training speed, with AVX-512 or without. A budget in minutes buys a different
@@ -11,6 +11,8 @@ import os
 import platform
 from pathlib import Path
 
+import torch
+
 
 def processor() -> str:
     """The CPU's model name, its core count and whether it has AVX-512."""
@@ -22,3 +24,8 @@ def processor() -> str:
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     avx512 = "with" if "avx512f" in fields.get("flags", "").split() else "without"
     return f"{fields.get('model name', platform.machine())}, {os.cpu_count()} cores, {avx512} AVX-512"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or :func:`processor` on a CPU."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else processor()

@@ -48,13 +48,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.compare_detectors import METRICS, compare
 from benchmarks.predictions import compact, expand
-from benchmarks.processor import processor
-from fracture_al.detection.bootstrap import PairedDifference, paired_difference
+from benchmarks.processor import device_name
 from fracture_al.detection.data import eval_transforms, train_transforms
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.engine import LossLog, train_one_epoch
-from fracture_al.detection.evaluation import auroc_of, average_precision, match_detections
+from fracture_al.detection.evaluation import match_detections
 from fracture_al.detection.recipes import Recipe
 from fracture_al.detection.training import (
     Initialisation,
@@ -137,7 +137,7 @@ def run_variant(recipe: Recipe, data: Path, out: Path, device: torch.device, see
         "description": recipe.description,
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else processor(),
+        "device": device_name(device),
         "epochs_run": len(outcome.epochs),
         "train_minutes": outcome.seconds / 60,
         "train_images_per_second": outcome.images_per_second,
@@ -179,7 +179,7 @@ def measure_speed(recipe: Recipe, data: Path, device: torch.device, seed: int, s
         "speed_only": True,
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else processor(),
+        "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "train_images": len(splits["train"].coco.images),
         "train_iterations": iterations,
@@ -201,31 +201,26 @@ COLUMNS = (
 )
 
 
-PAIRED_METRICS = {"mAP50": average_precision, "auroc": auroc_of}
-
-
-def differences_to_base(results: list[dict[str, Any]], data: Path) -> dict[str, dict[str, PairedDifference]]:
-    """Each variant minus base on the same test X-rays, for the variants whose predictions were
-    kept (runs from before ``test_predictions`` was saved have none: no column then)."""
+def differences_to_base(results: list[dict[str, Any]], data: Path) -> dict[str, dict[str, Any]]:
+    """Each variant minus base on the same test X-rays (``compare_detectors.compare``'s rows), for
+    the variants whose predictions were kept (runs from before ``test_predictions`` was saved have
+    none: no column then)."""
     base = next((r for r in results if r["variant"] == "base" and "test_predictions" in r), None)
     if base is None:
         return {}
     coco = load_splits(data)["test"].coco
     base_matches = match_detections(coco, expand(base["test_predictions"]))
     return {
-        result["variant"]: {
-            name: paired_difference(base_matches, match_detections(coco, expand(result["test_predictions"])), metric)
-            for name, metric in PAIRED_METRICS.items()
-        }
+        result["variant"]: compare(base_matches, match_detections(coco, expand(result["test_predictions"])))
         for result in results
         if result["variant"] != "base" and "test_predictions" in result
     }
 
 
-def difference_cell(difference: PairedDifference) -> str:
-    if difference.value is None:
+def difference_cell(row: dict[str, Any]) -> str:
+    if row["b_minus_a"] is None:
         return "-"
-    return f"{difference.value:+.3f} ({difference.low:+.3f} to {difference.high:+.3f})"
+    return f"{row['b_minus_a']:+.3f} ({row['low']:+.3f} to {row['high']:+.3f})"
 
 
 def report(folder: Path, title: str, data: Path) -> str:
@@ -256,7 +251,7 @@ def report(folder: Path, title: str, data: Path) -> str:
         cells = [f"{get(result):.3f}" if get(result) is not None else "-" for _, get in COLUMNS]
         if differences:
             paired = differences.get(result["variant"], {})
-            cells += [difference_cell(paired[name]) if name in paired else "-" for name in PAIRED_METRICS]
+            cells += [difference_cell(paired[name]) if name in paired else "-" for name in METRICS]
         lines.append(f"| {result['variant']} | {result['description']} | {result['epochs_run']} | "
                      + " | ".join(cells) + " |")  # fmt: skip
     if differences:
