@@ -75,6 +75,7 @@ def training_stages(content: dict[str, Any]) -> list[dict[str, Any]]:
 def stage_paragraph(stage: dict[str, Any], start: str) -> str:
     train = stage["train"]
     # A time budget ends the schedule where the minutes run out, so how many epochs fit depends on the CPU.
+    # Stages trained before train_fracatlas recorded the processor's name carry it, typed by hand, in "machine".
     machine = f" ({stage['machine']})" if stage.get("machine") else ""
     minutes = train.get("time_budget_minutes")
     budget = f" within a {minutes:g}-minute budget{machine}" if minutes else machine
@@ -170,7 +171,6 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/fracatlas"))
     parser.add_argument("--command", help="The exact training command, for the card (with --result).")
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR)
-    parser.add_argument("--machine", default="", help="The machine it trained on, for the card (with --result).")
     args = parser.parse_args()
 
     if args.result is None:
@@ -189,7 +189,6 @@ def main() -> None:
             "recipe": result["recipe"],
             "command": args.command,
             "device": result["device"],
-            "machine": args.machine,
             "epochs_run": result["epochs"],
             "selected_epoch": result.get("selected_epoch"),
             "model": result["model_config"],

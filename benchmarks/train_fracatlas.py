@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.predictions import compact
+from benchmarks.processor import device_name
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.images import load_image
 from fracture_al.detection.model import ModelConfig
@@ -111,7 +112,7 @@ def main() -> None:
         "model_version": version.name,
         "version_path": str(version.path),
         "arch": model_config.arch,
-        "device": str(device),
+        "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "recipe": args.recipe,
@@ -133,7 +134,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 
-    title = f"{args.recipe}: {model_config.arch}, {len(outcome.epochs)} epochs, {model_config.min_size} px, {device}"
+    title = (f"{args.recipe}: {model_config.arch}, {len(outcome.epochs)} epochs, {model_config.min_size} px, "
+             f"{result['device']}")
     table = Table(title=title)
     for column in ("test mAP@50", "test mAP@75", "test mAP", "test AUROC", "train img/s", "infer img/s", "train min"):
         table.add_column(column, justify="right")
