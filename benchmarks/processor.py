@@ -1,7 +1,7 @@
 """Which CPU or GPU a timed benchmark ran on.
 
-The 2-core machines this project's benchmarks run on all call themselves "AMD EPYC" and differ
-about twofold in training speed, with AVX-512 or without. A budget in minutes buys a different
+The 2-core machines this project's benchmarks run on come as AMD EPYC with AVX-512 or without and
+as Intel Xeon, and differ up to twofold in training speed. A budget in minutes buys a different
 number of epochs on each, so results trained under one compare only on the same kind of CPU.
 """
 
