@@ -15,8 +15,11 @@ table (markdown) and a plot.
 
 On the 2-core CPU, the issue's budget of 60 minutes of training per variant (the schedule is
 shortened to the epochs that fit, as the ``cpu`` recipe's is), one variant at a time with the
-machine to itself. The 2-core machines differ about twofold in speed (``benchmarks.processor``), so
-variants compare only on one kind of CPU; each run records its own, and ``--report`` refuses a mix:
+machine to itself. The 2-core machines differ about twofold in speed, between kinds of CPU
+(``benchmarks.processor``) and between machines of one kind (an AMD EPYC with AVX-512 trained base
+at 3.0 images/s on one machine, 2.0 on another), so a variant compares only with a base run made on
+the same machine, in the same folder. Each run records its kind of CPU and ``--report`` refuses a
+mix of kinds; two machines of one kind it cannot tell apart from a lever's own cost:
 
     python -m benchmarks.recipe_ablation --variant base --epochs 12 --time-budget 60 --batch-size 4 --lr 0.01 \\
         --workers 1 --out benchmarks/results/recipe_ablation_cpu60   # then its JSON to benchmarks/reported/
