@@ -1,8 +1,10 @@
 """Which CPU or GPU a timed benchmark ran on.
 
 The 2-core machines this project's benchmarks run on come as AMD EPYC with AVX-512 or without and
-as Intel Xeon, and differ up to twofold in training speed. A budget in minutes buys a different
-number of epochs on each, so results trained under one compare only on the same kind of CPU.
+as Intel Xeon, and differ up to twofold in training speed; two machines of one kind can differ
+by half again (an AMD EPYC with AVX-512 trained at 3.0 and at 2.0 images/s). A budget in minutes
+buys a different number of epochs on each, so results trained under one compare only on the same
+machine; the recorded name catches a mix of kinds, not of machines.
 """
 
 from __future__ import annotations
