@@ -308,7 +308,9 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     bars.legend()
     for result in results:
         epochs = result["validation_per_epoch"]
-        curves.plot([e["epoch"] for e in epochs], [e.get("mAP50") or 0 for e in epochs], label=result["variant"])
+        # Markers, because a lever that fits one epoch in the budget is a single point.
+        curves.plot([e["epoch"] for e in epochs], [e.get("mAP50") or 0 for e in epochs], marker="o",
+                    label=result["variant"])
     curves.set_xlabel("epoch")
     curves.set_ylabel("validation mAP@50")
     curves.legend(fontsize=7)
