@@ -88,6 +88,9 @@ def variants(epochs: int, batch_size: int, lr: float, workers: int) -> dict[str,
         "positives": ("X-rays with a fracture at 65% of draws", {}, {"positive_fraction": 0.65}, False),
         "ema": ("weight EMA (decay 0.998)", {}, {"ema_decay": 0.998}, False),
         "light_head": ("256-wide box head", {"box_head_size": 256}, {}, False),
+        # Buys epochs rather than capacity: no backward pass through MobileNetV2's first 14 blocks.
+        "frozen_backbone": ("backbone trained from block 14 on (2 of 6 stages; base 4)",
+                            {"trainable_backbone_layers": 2}, {}, False),
         "long": (f"{2 * epochs} epochs", {}, {"epochs": 2 * epochs}, False),
         "all": (
             "800 px, multi-scale 640-960, fitted anchors, 65% fractures, EMA, double schedule",
