@@ -12,3 +12,10 @@ def choose_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no GPU; use --device cpu")
     return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16). Elsewhere oneDNN
+    emulates bfloat16 and autocast to it trains slower than float32. (torch.cpu only exposes these
+    checks under private names.)"""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()

@@ -61,21 +61,23 @@ def train_one_epoch(
     loss_log: LossLog,
     *,
     scaler: torch.amp.GradScaler | None = None,
+    bf16: bool = False,
     averaged: torch.optim.swa_utils.AveragedModel | None = None,
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
     deadline: float | None = None,
 ) -> int:
     """Train for one pass over ``loader`` (or until ``time.monotonic()`` passes ``deadline``);
-    returns the number of iterations run."""
+    returns the number of iterations run. ``scaler`` turns on float16 AMP (a GPU), ``bf16`` bfloat16
+    autocast (a CPU with bfloat16 hardware)."""
     model.train()
-    amp = scaler is not None
+    autocast_dtype = torch.bfloat16 if bf16 else None  # None: the device's default, float16 on a GPU
     progress = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
     iterations = 0
     for images, targets in progress:
         if deadline is not None and time.monotonic() >= deadline:
             break
         images, targets = to_device(images, targets, device)
-        with torch.autocast(device_type=device.type, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=scaler is not None or bf16):
             loss_dict = model(images, targets)
             total = sum(loss_dict.values())
         values = {"loss": total.item(), **{k: v.item() for k, v in loss_dict.items()}}

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from fracture_al.detection import training
 from fracture_al.detection.data import collate, eval_transforms
+from fracture_al.detection.devices import cpu_has_bf16
 from fracture_al.detection.engine import LOSS_NAMES, compute_losses
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.store import ModelStore
@@ -21,6 +23,7 @@ from fracture_al.detection.training import (
     fit,
     initial_model,
     load_splits,
+    prepare_cpu_bf16,
 )
 
 CPU = torch.device("cpu")
@@ -51,6 +54,35 @@ def test_short_training_lowers_the_loss(sample_dir: Path, tmp_path: Path) -> Non
     # Every iteration logs the five losses people know from torchvision.
     assert set(LOSS_NAMES) <= set(outcome.loss_log.iterations[0])
     assert len(outcome.loss_log.iterations) == 3 * 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 hardware (AMX or AVX512-BF16)")
+def test_cpu_bf16_training_lowers_the_loss_and_keeps_float32_weights(sample_dir: Path, tmp_path: Path) -> None:
+    splits = load_splits(sample_dir)
+    loader = torch.utils.data.DataLoader(splits["train"].dataset(eval_transforms()), batch_size=4, collate_fn=collate)
+    untrained, _ = initial_model(SMALL, Initialisation())
+    before = compute_losses(untrained, loader, CPU)
+
+    outcome = fit(SMALL, TrainConfig(epochs=3, batch_size=4, workers=0, cpu_bf16=True), splits["train"], None,
+                  tmp_path / "run", device=CPU, init=Initialisation())  # fmt: skip
+
+    assert compute_losses(outcome.model, loader, CPU)["loss"] < 0.7 * before["loss"]
+    assert {value.dtype for value in outcome.model.state_dict().values() if value.is_floating_point()} == {
+        torch.float32
+    }
+
+
+def test_cpu_bf16_is_refused_on_a_cpu_that_would_emulate_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = initial_model(TINY, Initialisation())
+    asked = TrainConfig(cpu_bf16=True)
+    assert not prepare_cpu_bf16(model, asked, torch.device("cuda"))  # a GPU trains under its own float16 AMP
+    assert not prepare_cpu_bf16(model, TrainConfig(), CPU)
+    # A test cannot choose its CPU: the hardware query is what is replaced.
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ValueError, match="bfloat16 hardware"):
+        prepare_cpu_bf16(model, asked, CPU)
+    assert all(p.is_contiguous() for p in model.parameters())  # left as it was
 
 
 def test_trained_version_has_metrics_and_the_three_plots(trained_home: Path) -> None:
