@@ -12,7 +12,7 @@ from PIL import Image
 from fracture_al.detection import training
 from fracture_al.detection.data import collate, eval_transforms
 from fracture_al.detection.devices import cpu_has_bf16
-from fracture_al.detection.engine import LOSS_NAMES, compute_losses
+from fracture_al.detection.engine import LOSS_NAMES, LossLog, compute_losses, train_one_epoch
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.store import ModelStore
 from fracture_al.detection.training import (
@@ -68,9 +68,37 @@ def test_cpu_bf16_training_lowers_the_loss_and_keeps_float32_weights(sample_dir:
                   tmp_path / "run", device=CPU, init=Initialisation())  # fmt: skip
 
     assert compute_losses(outcome.model, loader, CPU)["loss"] < 0.7 * before["loss"]
+    convolutions = [p for p in outcome.model.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
     assert {value.dtype for value in outcome.model.state_dict().values() if value.is_floating_point()} == {
         torch.float32
     }
+
+
+class _DtypeRecorder(torch.nn.Module):
+    """A stand-in detector that records the dtype its layer computes in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        out = self.linear(torch.stack(images))
+        self.dtypes.append(out.dtype)
+        return {"loss_classifier": out.float().pow(2).mean()}
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_train_one_epoch_computes_in_bfloat16_only_when_asked(bf16: bool, expected: torch.dtype) -> None:
+    model = _DtypeRecorder()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    loader = [([torch.rand(4), torch.rand(4)], [{}, {}]) for _ in range(3)]
+    iterations = train_one_epoch(model, optimizer, scheduler, loader, CPU, 1, LossLog(), bf16=bf16)
+    assert iterations == 3
+    assert model.dtypes == [expected] * 3
+    assert model.linear.weight.dtype == torch.float32  # autocast casts per operation, never the weights
 
 
 def test_cpu_bf16_is_refused_on_a_cpu_that_would_emulate_it(monkeypatch: pytest.MonkeyPatch) -> None:
