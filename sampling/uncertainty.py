@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
-from scipy.stats import entropy
-from torchvision.ops import box_iou
+from pycocotools import mask as coco_mask
+from scipy.special import rel_entr
 
 from fracture_al.sampling.choices import Aggregation
 
@@ -81,6 +80,18 @@ def image_uncertainty(scores: np.ndarray, method: str = "entropy", how: Aggregat
     return aggregate(BOX_UNCERTAINTY[method](scores), how)
 
 
+def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """IoU of every (x1, y1, x2, y2) box of ``first`` with every box of ``second``, shape
+    (len(first), len(second)). pycocotools' box IoU (torchvision's numbers), so that ranking a queue
+    needs no torch."""
+
+    def xywh(boxes: np.ndarray) -> np.ndarray:
+        return np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
+
+    overlaps = coco_mask.iou(xywh(first), xywh(second), np.zeros(len(second), dtype=np.uint8))
+    return np.asarray(overlaps, dtype=float).reshape(len(first), len(second))
+
+
 def localization_instability(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -101,12 +112,12 @@ def localization_instability(
     confident = scores >= min_score
     if not confident.any() or not augmented:
         return 0.0
-    reference = torch.as_tensor(boxes[confident])
+    reference = boxes[confident]
     weights = scores[confident]
     instability = []
     for view_boxes, _ in augmented:
-        view = torch.as_tensor(np.asarray(view_boxes, dtype=float).reshape(-1, 4))
-        best = box_iou(reference, view).max(dim=1).values.numpy() if len(view) else np.zeros(len(reference))
+        view = np.asarray(view_boxes, dtype=float).reshape(-1, 4)
+        best = box_iou(reference, view).max(axis=1) if len(view) else np.zeros(len(reference))
         instability.append(float(np.sum(weights * (1.0 - best)) / np.sum(weights)))
     return float(np.mean(instability))
 
@@ -115,7 +126,8 @@ def _bernoulli_js(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Jensen-Shannon divergence (natural log) between Bernoulli(p) and Bernoulli(q), elementwise."""
     first, second = np.stack([p, 1.0 - p]), np.stack([q, 1.0 - q])
     middle = (first + second) / 2.0
-    return np.maximum(0.0, 0.5 * entropy(first, middle, axis=0) + 0.5 * entropy(second, middle, axis=0))
+    kullback_leibler = rel_entr(first, middle).sum(axis=0), rel_entr(second, middle).sum(axis=0)
+    return np.maximum(0.0, 0.5 * kullback_leibler[0] + 0.5 * kullback_leibler[1])
 
 
 def cald_consistency(
@@ -143,15 +155,15 @@ def cald_consistency(
     kept = scores >= min_score
     if not kept.any() or not augmented:
         return 0.0
-    reference, p = torch.as_tensor(boxes[kept]), scores[kept]
+    reference, p = boxes[kept], scores[kept]
     per_view = []
     for view_boxes, view_scores in augmented:
-        view = torch.as_tensor(np.asarray(view_boxes, dtype=float).reshape(-1, 4))
+        view = np.asarray(view_boxes, dtype=float).reshape(-1, 4)
         if not len(view):
             per_view.append(0.0)
             continue
         overlaps = box_iou(reference, view)
-        best_iou, match = (values.numpy() for values in overlaps.max(dim=1))
+        best_iou, match = overlaps.max(axis=1), overlaps.argmax(axis=1)
         q = np.asarray(view_scores, dtype=float)[match]
         consistency = best_iou + (1.0 - _bernoulli_js(p, q)) * (p + q) / 2.0
         per_view.append(min(1.0, float(np.min(np.abs(consistency - beta)))))

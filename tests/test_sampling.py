@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from fracture_al.sampling.diversity import k_center_greedy, select_batch
 from fracture_al.sampling.uncertainty import (
     binary_entropy,
+    box_iou,
     cald_consistency,
     image_uncertainty,
     least_confidence,
@@ -45,6 +49,25 @@ def test_aggregations() -> None:
     assert image_uncertainty(scores, "margin", "mean") == pytest.approx(2.02 / 3)
     with pytest.raises(ValueError, match="unknown uncertainty"):
         image_uncertainty(scores, "vibes")
+
+
+def test_box_iou_of_built_boxes() -> None:
+    square = np.array([[0.0, 0.0, 10.0, 10.0]])
+    others = np.array([[5.0, 0.0, 15.0, 10.0], [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [2.0, 2.0, 4.0, 4.0]])
+    # Half the square shifted: 50 / 150; itself; disjoint; a 2 x 2 box inside: 4 / 100.
+    assert box_iou(square, others) == pytest.approx(np.array([[1 / 3, 1.0, 0.0, 0.04]]))
+    assert box_iou(others, square).shape == (4, 1) and box_iou(square, np.zeros((0, 4))).shape == (1, 0)
+
+
+def test_ranking_a_queue_loads_no_torch() -> None:
+    """`fracture-al queue` and `report` read and re-rank queues: scoring is arithmetic on numbers,
+    and importing torch would add seconds to every such command."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, fracture_al.sampling.queue, fracture_al.sampling.uncertainty; "
+         "print([m for m in ('torch', 'torchvision') if m in sys.modules])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert loaded == "[]"
 
 
 def test_localization_instability() -> None:
