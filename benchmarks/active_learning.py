@@ -61,8 +61,8 @@ from fracture_al.detection.data import CocoImage
 from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import average_precision, match_detections
 from fracture_al.detection.images import load_image
+from fracture_al.detection.model_files import load_model, save_model
 from fracture_al.detection.predictor import Predictor
-from fracture_al.detection.store import load_model, save_model
 from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.integrations.task_predictions import measure_signals
 from fracture_al.sampling.choices import Strategy, Uncertainty

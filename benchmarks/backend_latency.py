@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fracture_al.detection.images import load_image
+from fracture_al.detection.model_files import version_model_config
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.store import ModelStore
 from fracture_al.integrations.loopback import free_port, wait_until_answering
@@ -125,7 +126,7 @@ def main() -> None:
 
     result = {
         "model_version": version.name,
-        "arch": version.model_config.arch,
+        "arch": version_model_config(version).arch,
         "torch_threads": torch.get_num_threads(),
         "single_requests": len(single_names),
         "backend_p50_s": percentile(backend_single, 50),

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 
 from fracture_al.detection.bootstrap import paired_difference
+from fracture_al.detection.digests import sha256_of
 from fracture_al.detection.evaluation import ImageMatches, auroc_of, average_precision, match_detections
 from fracture_al.detection.model import ModelConfig
-from fracture_al.detection.store import load_model
+from fracture_al.detection.model_files import load_model
 from fracture_al.detection.training import DataSplit, TrainConfig, evaluate_split, load_splits
-from fracture_al.detection.weights import sha256_of
 
 METRICS = {"mAP50": average_precision, "auroc": auroc_of}
 # ModelConfig fields that change how a trained detector predicts, not which weights it has.

@@ -37,9 +37,10 @@ from benchmarks.domain_shift import domain_shift, labelled_subset, unlabelled_re
 from benchmarks.predictions import compact, expand
 from fracture_al.detection.bootstrap import Interval, bootstrap_interval, paired_difference
 from fracture_al.detection.devices import choose_device
+from fracture_al.detection.digests import sha256_of
 from fracture_al.detection.evaluation import ImageMatches, average_precision, match_detections
+from fracture_al.detection.model_files import load_model, save_model
 from fracture_al.detection.recipes import few_label_train_config, recipe
-from fracture_al.detection.store import load_model, save_model
 from fracture_al.detection.training import (
     DataSplit,
     Initialisation,
@@ -48,7 +49,6 @@ from fracture_al.detection.training import (
     fit,
     load_splits,
 )
-from fracture_al.detection.weights import sha256_of
 
 FINE_TUNE_RECIPES = ("plain", "few_label", "low_lr", "frozen")
 SIZES = (25, 50, 100, 200)

@@ -37,8 +37,8 @@ from fracture_al.detection.images import load_image
 from fracture_al.detection.mask_models import ARCHITECTURES, MaskModelConfig
 from fracture_al.detection.mask_predictor import MaskPredictor
 from fracture_al.detection.mask_training import MaskTrainConfig, evaluate_masks, fit_masks
+from fracture_al.detection.model_files import load_model
 from fracture_al.detection.shipped_model import open_store
-from fracture_al.detection.store import load_model
 from fracture_al.detection.training import TrainConfig, evaluate_split, load_splits
 
 SHIPPED_DETECTOR = "shipped_detector"  # the row of the detector's image-level classification

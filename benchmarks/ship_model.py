@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
+from fracture_al.detection.digests import sha256_of
 from fracture_al.detection.evaluation import evaluate_predictions, metrics_with_intervals
+from fracture_al.detection.model_files import load_model, saved_model_config
 from fracture_al.detection.shipped_model import CARD_FILE, MANIFEST_FILE, SHIPPED_DIR, manifest, verified_weights
-from fracture_al.detection.store import load_model
 from fracture_al.detection.training import TrainConfig, evaluate_split, load_splits
-from fracture_al.detection.weights import sha256_of
 
 WEIGHTS_FILE = "fracture_detector.pt"
 ATTRIBUTION = (
@@ -191,7 +191,7 @@ def main() -> None:
             "device": result["device"],
             "epochs_run": result["epochs"],
             "selected_epoch": result.get("selected_epoch"),
-            "model": result["model_config"],
+            "model": saved_model_config(args.out / WEIGHTS_FILE).to_dict(),
             "train": result["train_config"],
             "data": {"train": "FracAtlas train split", "validation": "FracAtlas val split",
                      "test": "FracAtlas test split", "license": "CC BY 4.0", "attribution": ATTRIBUTION},

@@ -29,6 +29,7 @@ from rich.table import Table
 from benchmarks.predictions import compact
 from benchmarks.processor import device_name
 from fracture_al.detection.devices import choose_device
+from fracture_al.detection.digests import sha256_of
 from fracture_al.detection.images import load_image
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.predictor import Predictor
@@ -36,7 +37,6 @@ from fracture_al.detection.recipes import RECIPES, recipe
 from fracture_al.detection.store import ModelStore
 from fracture_al.detection.training import Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.detection.versioning import data_sources, publish_outcome
-from fracture_al.detection.weights import sha256_of
 
 
 def inference_images_per_second(predictor: Predictor, paths: list[Path], batch_size: int) -> float:

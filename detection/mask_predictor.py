@@ -14,8 +14,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 from fracture_al.detection.mask_models import MaskModelConfig
+from fracture_al.detection.model_files import load_model
 from fracture_al.detection.shipped_model import verify_version
-from fracture_al.detection.store import ModelVersion, load_model
+from fracture_al.detection.store import ModelVersion
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,8 +12,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.model_files import load_model
 from fracture_al.detection.shipped_model import verify_version
-from fracture_al.detection.store import ModelVersion, load_model
+from fracture_al.detection.store import ModelVersion
 from fracture_al.detection.tta import detect
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fracture_al.detection.digests import sha256_of
 from fracture_al.detection.training import DataSplit
-from fracture_al.detection.weights import sha256_of
 
 PROVENANCE_FILE = "provenance.json"
 

@@ -15,11 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.digests import sha256_of
 from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, ModelVersion, write_json
-from fracture_al.detection.weights import sha256_of
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 MANIFEST_FILE = "manifest.json"
@@ -57,11 +54,6 @@ def verified_weights(folder: Path = SHIPPED_DIR) -> Path:
     return verify_file(folder / content["file"], content["sha256"])
 
 
-def shipped_model_config(folder: Path = SHIPPED_DIR) -> ModelConfig:
-    saved = torch.load(verified_weights(folder), map_location="cpu", weights_only=True)
-    return ModelConfig.from_dict(saved["model_config"])
-
-
 def verify_version(version: ModelVersion) -> None:
     """Refuse a version whose weights no longer match the SHA-256 recorded when it was installed."""
     expected = version.provenance.get("sha256")
@@ -73,12 +65,11 @@ def install_shipped(store: ModelStore, folder: Path = SHIPPED_DIR) -> ModelVersi
     """Publish the shipped detector into ``store`` as a new version (made current)."""
     content = manifest(folder)
     weights = verified_weights(folder)
-    saved = torch.load(weights, map_location="cpu", weights_only=True)
     with store.stage() as staged:
         shutil.copyfile(weights, staged / MODEL_FILE)
         verify_file(staged / MODEL_FILE, content["sha256"])
         shutil.copyfile(folder / CARD_FILE, staged / CARD_FILE)
-        write_json(staged / "config.json", {"model": saved["model_config"], "train": content.get("train", {}),
+        write_json(staged / "config.json", {"model": content["model"], "train": content.get("train", {}),
                                             "data": content.get("data", {}), "source": SHIPPED_SOURCE})  # fmt: skip
         write_json(staged / "metrics.json", content.get("metrics", {}))
         write_json(staged / "provenance.json", {

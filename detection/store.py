@@ -10,6 +10,9 @@ Layout under the store's root::
 A version is written completely in ``staging/`` and then renamed into ``versions/`` in one
 ``rename(2)``: readers see all of it or none of it, a crash leaves only staging debris, and the
 rename fails when another process already took the number, so two writers never share one.
+
+The store reads and writes files and pointers only: it loads no network, so listing versions
+needs no torch (detection/model_files.py saves and loads the networks in them).
 """
 
 from __future__ import annotations
@@ -23,15 +26,10 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
-
-from fracture_al.detection.mask_models import MaskModelConfig, build_mask_model
-from fracture_al.detection.model import ModelConfig, build_model
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 MODEL_FILE = "model.pt"
@@ -57,10 +55,6 @@ class ModelVersion:
     def read_json(self, name: str) -> dict[str, Any]:
         file = self.path / name
         return json.loads(file.read_text()) if file.exists() else {}
-
-    @property
-    def model_config(self) -> ModelConfig | MaskModelConfig:
-        return model_config_from_dict(self.read_json("config.json")["model"])
 
     @property
     def task(self) -> str:
@@ -98,29 +92,6 @@ SEGMENTATION = "segmentation"
 def task_of(config: dict[str, Any]) -> str:
     """A saved config's task; detectors were saved before tasks existed, hence the default."""
     return config.get("task", DETECTION)
-
-
-def model_config_from_dict(config: dict[str, Any]) -> ModelConfig | MaskModelConfig:
-    return ModelConfig.from_dict(config) if task_of(config) == DETECTION else MaskModelConfig.from_dict(config)
-
-
-def save_model(model: torch.nn.Module, config: ModelConfig | MaskModelConfig, path: Path) -> None:
-    torch.save({"model": model.state_dict(), "model_config": config.to_dict()}, path)
-
-
-def load_model(
-    path: Path, device: torch.device | str = "cpu", *, overrides: Mapping[str, Any] | None = None
-) -> tuple[torch.nn.Module, ModelConfig | MaskModelConfig]:
-    """Rebuild a saved network of any task (no pretrained checkpoint needed: the file has every weight).
-    ``overrides`` replaces config fields that leave the weights' shapes alone (e.g. ``flip_tta``,
-    ``min_size``), to predict with the same weights under other settings."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    config = model_config_from_dict(saved["model_config"])
-    if overrides:
-        config = replace(config, **overrides)
-    model = build_model(config) if isinstance(config, ModelConfig) else build_mask_model(config)
-    model.load_state_dict(saved["model"])
-    return model.to(device).eval(), config
 
 
 def write_json(path: Path, content: Any) -> None:

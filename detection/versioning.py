@@ -16,8 +16,9 @@ from fracture_al.detection.images import load_image
 from fracture_al.detection.mask_predictor import MaskPredictor
 from fracture_al.detection.mask_training import MaskTrainingOutcome, evaluate_masks
 from fracture_al.detection.masks import polygons_to_mask
+from fracture_al.detection.model_files import save_model
 from fracture_al.detection.plots import MASK_CURVES, plot_losses, plot_mask_grid, plot_prediction_grid, plot_validation
-from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelVersion, save_model, write_json
+from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelVersion, write_json
 from fracture_al.detection.training import DataSplit, TrainingOutcome, evaluate_split
 
 GRID_IMAGES = 8

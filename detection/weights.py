@@ -13,13 +13,14 @@ Every failure raises :class:`WeightsError` whose message says what to do next.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from fracture_al.detection.digests import sha256_of
 
 TORCHVISION_MODELS_URL = "https://download.pytorch.org/models/"
 
@@ -68,14 +69,6 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
         ),
     )
 }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: Path, checkpoint: KnownCheckpoint) -> None:

@@ -119,6 +119,17 @@ def test_models_list_show_and_promote(trained_home: Path) -> None:
     assert missing.returncode != 0 and "v0042" in missing.stderr and "v0001" in missing.stderr
 
 
+def test_listing_models_in_a_fresh_home_loads_no_torch(tmp_path: Path) -> None:
+    """`models list` reads the store's files: it installs the shipped detector into a new home and
+    lists it without the seconds that importing torch costs."""
+    code = ("import sys; from fracture_al.cli import main; "
+            f"main(['--home', {str(tmp_path)!r}, 'models', 'list', '--json'], standalone_mode=False); "
+            "print([m for m in ('torch', 'torchvision') if m in sys.modules])")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    *listing, loaded = result.stdout.strip().splitlines()
+    assert json.loads("\n".join(listing))[0]["version"] == "v0001" and loaded == "[]"
+
+
 @pytest.mark.slow
 def test_a_fresh_home_predicts_with_the_shipped_model(tmp_path: Path, sample_dir: Path) -> None:
     # The sample's fractured X-rays of val and test: FracAtlas X-rays the shipped model did not train on.

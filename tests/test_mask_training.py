@@ -87,7 +87,7 @@ def test_a_warm_start_continues_from_the_saved_segmenter(sample_dir: Path, tmp_p
     """A retrain starts from the served model's weights: with a learning rate too small to move
     them, the retrained network's weights are the saved ones (BatchNorm's running statistics, which
     no learning rate holds, aside), not a fresh initialisation."""
-    from fracture_al.detection.store import save_model
+    from fracture_al.detection.model_files import save_model
 
     splits = load_splits(sample_dir)
     config = MaskModelConfig("segmentation", "unet", image_size=64)

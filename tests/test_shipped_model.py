@@ -13,6 +13,7 @@ from torchvision.ops import box_iou
 
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.images import load_image
+from fracture_al.detection.model_files import saved_model_config, version_model_config
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.shipped_model import SHIPPED_DIR, ShippedModelError, install_shipped, manifest, open_store
 from fracture_al.detection.store import ModelStore
@@ -26,6 +27,8 @@ def test_a_new_home_serves_the_verified_shipped_model_and_it_finds_a_fracture(tm
     assert version.provenance["source"] == "shipped"
     assert version.provenance["sha256"] == manifest()["sha256"]
     assert open_store(tmp_path / "models").list() == [version]  # installed once, not per opening
+    # The version's config.json (from the manifest) rebuilds the network its weights were saved with.
+    assert version_model_config(version) == saved_model_config(version.weights_path)
 
     predictor = Predictor.from_version(version, torch.device("cpu"))
     # Whether it finds the fracture, not where its display threshold was calibrated (on FracAtlas

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from fracture_al.detection.model import ModelConfig, build_model
-from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, load_model, save_model, write_json
+from fracture_al.detection.model_files import load_model, save_model
+from fracture_al.detection.store import MODEL_FILE, ModelStore, ModelStoreError, write_json
 
 
 def stage_fake_version(store: ModelStore, marker: str) -> Path:

@@ -14,6 +14,7 @@ from fracture_al.detection.data import collate, eval_transforms
 from fracture_al.detection.devices import cpu_has_bf16
 from fracture_al.detection.engine import LOSS_NAMES, LossLog, compute_losses, train_one_epoch
 from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.model_files import version_model_config
 from fracture_al.detection.store import ModelStore
 from fracture_al.detection.training import (
     Initialisation,
@@ -177,9 +178,9 @@ def test_warm_start_predicts_what_the_served_version_predicts(trained_home: Path
 
     served = Predictor.from_version(version, CPU).predict([image])[0]
     assert len(served.boxes)  # the fixture keeps every candidate box
-    warm, _ = initial_model(version.model_config, Initialisation(model_file=version.weights_path))
+    warm, _ = initial_model(version_model_config(version), Initialisation(model_file=version.weights_path))
     assert torch.allclose(boxes_of(warm), torch.as_tensor(served.boxes, dtype=torch.float32), atol=1e-3)
-    fresh, _ = initial_model(version.model_config, Initialisation())
+    fresh, _ = initial_model(version_model_config(version), Initialisation())
     fresh_boxes = boxes_of(fresh)
     assert fresh_boxes.shape != boxes_of(warm).shape or not torch.allclose(fresh_boxes, boxes_of(warm), atol=1e-3)
 

@@ -23,11 +23,12 @@ from fracture_al.detection.devices import choose_device
 from fracture_al.detection.evaluation import ImageMatches, match_detections
 from fracture_al.detection.mask_predictor import MaskPredictor
 from fracture_al.detection.model import ModelConfig
+from fracture_al.detection.model_files import load_model, version_model_config
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.provenance import PROVENANCE_FILE, exported_records
 from fracture_al.detection.recipes import retrain_train_config
 from fracture_al.detection.shipped_model import open_store, verify_version
-from fracture_al.detection.store import DETECTION, SEGMENTATION, ModelStore, ModelVersion, load_model, write_json
+from fracture_al.detection.store import DETECTION, SEGMENTATION, ModelStore, ModelVersion, write_json
 from fracture_al.detection.training import DataSplit, Initialisation, TrainConfig, evaluate_split, fit, load_splits
 from fracture_al.detection.versioning import data_sources, staged_outcome
 from fracture_al.integrations import label_studio
@@ -124,7 +125,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     client = label_studio_client(settings)
     store = open_store(settings.models_dir)
     current = store.current() if store.current_name() else None
-    class_names = current.model_config.class_names if current else ModelConfig().class_names
+    class_names = version_model_config(current).class_names if current else ModelConfig().class_names
     config = client.projects.get(id=project_id).label_config
     # A project draws boxes, masks or both: each kind retrains the model that predicts it.
     target = rectangle_target(config, tuple(class_names)) if has_rectangles(config) else None
@@ -157,7 +158,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     splits = load_splits(run_dir / "data")
     validation = _validation_split(settings, splits, class_names)
     device = choose_device(settings.device)
-    model_config = current.model_config if current else ModelConfig(class_names=class_names)
+    model_config = version_model_config(current) if current else ModelConfig(class_names=class_names)
     labelled = len(splits["train"].coco.images)
     recipe_name, train_config = retrain_recipe(settings, labelled, warm_start=current is not None)
     progress.update(recipe=recipe_name)

@@ -17,9 +17,10 @@ import torch
 from fracture_al.detection.mask_metrics import MaskScores
 from fracture_al.detection.mask_models import MaskModelConfig
 from fracture_al.detection.mask_training import MaskTrainConfig, evaluate_masks, fit_masks
+from fracture_al.detection.model_files import load_model, version_model_config
 from fracture_al.detection.provenance import PROVENANCE_FILE, exported_records
 from fracture_al.detection.shipped_model import verify_version
-from fracture_al.detection.store import SEGMENTATION, ModelStore, ModelVersion, load_model, write_json
+from fracture_al.detection.store import SEGMENTATION, ModelStore, ModelVersion, write_json
 from fracture_al.detection.training import DataSplit, load_splits
 from fracture_al.detection.versioning import data_sources, staged_mask_outcome
 from fracture_al.settings import Settings
@@ -42,7 +43,7 @@ def retrain_segmenter(
         return {"status": "skipped", "reason": "no annotated training X-rays with a mask control"}
     splits = load_splits(masks)
     current = store.current(SEGMENTATION) if store.current_name(SEGMENTATION) else None
-    model_config = current.model_config if current else MaskModelConfig(SEGMENTATION, FIRST_ARCHITECTURE)
+    model_config = version_model_config(current) if current else MaskModelConfig(SEGMENTATION, FIRST_ARCHITECTURE)
     train_config = MaskTrainConfig(epochs=settings.retrain_epochs, batch_size=settings.retrain_batch_size,
                                    time_budget_minutes=settings.retrain_time_budget_minutes, seed=settings.seed,
                                    select_on=None)  # fmt: skip

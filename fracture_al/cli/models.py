@@ -84,8 +84,9 @@ def train(
     from dataclasses import replace
 
     from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.model_files import saved_model_config, version_model_config
     from fracture_al.detection.recipes import recipe
-    from fracture_al.detection.shipped_model import shipped_model_config, verified_weights, verify_version
+    from fracture_al.detection.shipped_model import verified_weights, verify_version
     from fracture_al.detection.store import ModelStoreError
     from fracture_al.detection.training import Initialisation, TrainConfig, fit
     from fracture_al.detection.versioning import data_sources, publish_outcome
@@ -118,11 +119,12 @@ def train(
     )
     try:
         if warm_start == "shipped":
-            init.model_file, model_config = verified_weights(), shipped_model_config()
+            init.model_file = verified_weights()
+            model_config = saved_model_config(init.model_file)
         elif warm_start:
             version = store.resolve(None if warm_start == "current" else warm_start)
             verify_version(version)
-            init.model_file, model_config = version.weights_path, version.model_config
+            init.model_file, model_config = version.weights_path, version_model_config(version)
     except ModelStoreError as error:
         raise CliError(str(error)) from error
     if init.model_file is not None:  # fine-tuning: the data must speak the model's classes
@@ -204,8 +206,8 @@ def evaluate(
     Dice, Jaccard, pixel accuracy and image-level metrics with 95% intervals for a segmenter or
     classifier."""
     from fracture_al.detection.devices import choose_device
+    from fracture_al.detection.model_files import load_model
     from fracture_al.detection.shipped_model import verify_version
-    from fracture_al.detection.store import load_model
     from fracture_al.detection.training import TrainConfig, evaluate_split
 
     settings = settings_of(context)
