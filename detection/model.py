@@ -26,6 +26,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from fracture_al.detection.store import DEFAULT_CLASS_NAMES
 from fracture_al.detection.weights import WeightsError, load_into, load_state_dict_file, resolve_checkpoint
 
 DEFAULT_ARCH = "mobilenet_v2_fpn"
@@ -36,7 +37,7 @@ class ModelConfig:
     """Everything needed to rebuild a detector; saved beside every model version."""
 
     arch: str = DEFAULT_ARCH
-    class_names: list[str] = field(default_factory=lambda: ["fracture"])
+    class_names: list[str] = field(default_factory=lambda: list(DEFAULT_CLASS_NAMES))
     min_size: int = 512
     max_size: int = 800
     trainable_backbone_layers: int = 4

@@ -7,10 +7,12 @@ Studio export: the annotation id), so a served model can be traced to the labels
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fracture_al.detection.digests import sha256_of
-from fracture_al.detection.training import DataSplit
+
+if TYPE_CHECKING:  # the type only: `fracture-al report` reads provenance without the training stack
+    from fracture_al.detection.training import DataSplit
 
 PROVENANCE_FILE = "provenance.json"
 

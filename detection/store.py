@@ -87,6 +87,8 @@ class ModelVersion:
 
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
+# What a detector tells apart (besides background) unless its config says otherwise.
+DEFAULT_CLASS_NAMES = ("fracture",)
 
 
 def task_of(config: dict[str, Any]) -> str:
@@ -141,6 +143,12 @@ class ModelStore:
             raise ModelStoreError(f"no {what} has been published in {self.root} yet: run "
                                   f"`fracture-al train{flag}` first")  # fmt: skip
         return self.get(name)
+
+    def detector_class_names(self) -> list[str]:
+        """The classes the current detector tells apart; the default ones while there is none."""
+        name = self.current_name(DETECTION)
+        saved = self.get(name).read_json("config.json")["model"] if name else {}
+        return list(saved.get("class_names", DEFAULT_CLASS_NAMES))
 
     def resolve(self, name: str | None, task: str = DETECTION) -> ModelVersion:
         """``name`` if given, else the task's current version."""

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from math import exp, log, sqrt
 from typing import Any
 
+from pycocotools import mask as coco_mask
 from scipy.stats import binomtest, norm
 
 Box = Sequence[float]  # x, y, width, height
@@ -42,11 +43,8 @@ class Disagreement:
 
 
 def iou(a: Box, b: Box) -> float:
-    width = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    height = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    inter = max(0.0, width) * max(0.0, height)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+    """IoU of two (x, y, width, height) boxes: pycocotools' box IoU, as the queue's scores use."""
+    return float(coco_mask.iou([[float(v) for v in a]], [[float(v) for v in b]], [0])[0][0])
 
 
 def _pair(predicted: list[Box], annotated: list[Box], least_iou: float) -> list[tuple[int, int]]:

@@ -4,6 +4,8 @@ cases whose right answer is known by construction."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -148,3 +150,14 @@ def test_learning_curve_lists_the_projects_candidates_by_labels(tmp_path) -> Non
 def test_verdict_says_plainly_whether_the_queue_beats_random(queue, control, said) -> None:
     arms = {QUEUE_ARM: arm_rate(queue).to_dict(), RANDOM_ARM: arm_rate(control).to_dict()}
     assert said in verdict(rate_ratio(arm_rate(queue), arm_rate(control)).to_dict(), arms)
+
+
+def test_the_project_report_loads_no_torch() -> None:
+    """`fracture-al report` counts boxes and reads version files: it needs no torch, which would add
+    seconds to every report."""
+    modules = ("fracture_al.cli.jobs", "fracture_al.detection.shipped_model", "fracture_al.integrations.label_studio",
+               "fracture_al.worker.project_report")  # what the report command imports
+    code = (f"import sys, {', '.join(modules)}; "
+            "print([m for m in ('torch', 'torchvision') if m in sys.modules])")  # fmt: skip
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -125,7 +125,7 @@ def _retrain(settings: Settings, job: Job | None, project_id: int, run_dir: Path
     client = label_studio_client(settings)
     store = open_store(settings.models_dir)
     current = store.current() if store.current_name() else None
-    class_names = version_model_config(current).class_names if current else ModelConfig().class_names
+    class_names = store.detector_class_names()
     config = client.projects.get(id=project_id).label_config
     # A project draws boxes, masks or both: each kind retrains the model that predicts it.
     target = rectangle_target(config, tuple(class_names)) if has_rectangles(config) else None

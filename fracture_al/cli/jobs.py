@@ -128,17 +128,13 @@ def report(context: click.Context, project_id: int, as_json: bool) -> None:
     queue's X-rays corrected the model, against X-rays drawn at random (the control arm).
 
     Writes report.json and queue_report.png under $FRACTURE_AL_HOME/reports/project-N."""
-    from fracture_al.detection.model import ModelConfig
-    from fracture_al.detection.model_files import version_model_config
     from fracture_al.integrations.label_config import rectangle_target
     from fracture_al.integrations.label_studio import export_annotated_tasks, predictions_by_task
     from fracture_al.worker.project_report import project_report, save_report
 
     settings = settings_of(context)
     client, store = label_studio_client(settings), model_store(settings)
-    current = store.current() if store.current_name() else None
-    class_names = version_model_config(current).class_names if current else ModelConfig().class_names
-    target = rectangle_target(client.projects.get(id=project_id).label_config, tuple(class_names))
+    target = rectangle_target(client.projects.get(id=project_id).label_config, tuple(store.detector_class_names()))
     tasks, predictions = export_annotated_tasks(client, project_id), predictions_by_task(client, project_id)
     built = project_report(tasks, predictions, target, store, project_id, settings.seed)
     files = save_report(built, settings.reports_dir / f"project-{project_id}")
