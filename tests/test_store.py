@@ -47,6 +47,18 @@ def test_publish_without_promoting_keeps_current(tmp_path: Path) -> None:
     assert store.current().name == "v0001"
 
 
+def test_detector_class_names_follow_the_current_detector(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    assert store.detector_class_names() == ModelConfig().class_names == ["fracture"]  # none published yet
+    for names in (["fracture", "implant"], ["cast"]):
+        staged = stage_fake_version(store, "x")
+        write_json(staged / "config.json", {"model": ModelConfig(class_names=names).to_dict()})
+        store.publish(staged)
+    assert store.detector_class_names() == ["cast"]
+    store.promote("v0001")
+    assert store.detector_class_names() == ["fracture", "implant"]
+
+
 def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     with pytest.raises(RuntimeError), store.stage() as staged:
