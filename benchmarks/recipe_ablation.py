@@ -92,7 +92,7 @@ def variants(epochs: int, batch_size: int, lr: float, workers: int) -> dict[str,
         # Buys epochs rather than capacity: no backward pass through MobileNetV2's first 14 blocks.
         "frozen_backbone": ("backbone trained from block 14 on (2 of 6 stages; base 4)",
                             {"trainable_backbone_layers": 2}, {}, False),
-        # Also buys epochs: on a CPU with bfloat16 hardware (AMX), fewer and cheaper memory passes.
+        # Also buys epochs: on a CPU with AMX, fewer and cheaper memory passes.
         "cpu_bf16": ("bfloat16 autocast, channels-last weights (CPU with AMX)", {}, {"cpu_bf16": True}, False),
         "long": (f"{2 * epochs} epochs", {}, {"epochs": 2 * epochs}, False),
         "all": (

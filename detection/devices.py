@@ -14,8 +14,11 @@ def choose_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16). Elsewhere oneDNN
-    emulates bfloat16 and autocast to it trains slower than float32. (torch.cpu only exposes these
-    checks under private names.)"""
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, the only bfloat16 hardware under which bfloat16 autocast
+    trained the detector faster than float32: 1.36x on an Intel Xeon with AMX, 0.86x on one with
+    AVX512-BF16 but no AMX (benchmarks/reported/recipe_ablation_cpu60_cpu_bf16/,
+    recipe_ablation_cpu_cost_bf16_no_amx/); without either oneDNN emulates bfloat16. (torch.cpu
+    exposes the check under a private name only.)"""
+    return torch.cpu._is_amx_tile_supported()
+

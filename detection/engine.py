@@ -68,7 +68,7 @@ def train_one_epoch(
 ) -> int:
     """Train for one pass over ``loader`` (or until ``time.monotonic()`` passes ``deadline``);
     returns the number of iterations run. ``scaler`` turns on float16 AMP (a GPU), ``bf16`` bfloat16
-    autocast (a CPU with bfloat16 hardware)."""
+    autocast (a CPU with AMX)."""
     model.train()
     autocast_dtype = torch.bfloat16 if bf16 else None  # None: the device's default, float16 on a GPU
     progress = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)

@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from fracture_al.detection.data import CocoDetection, CocoFile, collate, eval_transforms, train_transforms
-from fracture_al.detection.devices import cpu_has_bf16
+from fracture_al.detection.devices import cpu_has_amx
 from fracture_al.detection.engine import LossLog, predict_batches, train_one_epoch
 from fracture_al.detection.evaluation import evaluate_predictions
 from fracture_al.detection.model import ModelConfig, build_model, load_pretrained
@@ -52,8 +52,8 @@ class TrainConfig:
     # Validation metric whose best epoch is kept (model selection on val); None keeps the last.
     select_on: str | None = None
     # On a CPU: forward passes under bfloat16 autocast, weights in channels-last memory. It buys
-    # speed, hence epochs within a time budget, only where the CPU has bfloat16 hardware
-    # (devices.cpu_has_bf16); validation and the saved model stay float32. GPUs use float16 AMP.
+    # speed, hence epochs within a time budget, only where the CPU has AMX (devices.cpu_has_amx);
+    # validation and the saved model stay float32. GPUs use float16 AMP.
     cpu_bf16: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,12 +221,12 @@ def epochs_within_budget(planned: int, done: int, seconds_per_epoch: float, seco
 def prepare_cpu_bf16(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> bool:
     """Whether training on ``device`` runs under bfloat16 autocast (``config.cpu_bf16`` on a CPU); if
     so, ``model``'s weights go to channels-last memory, the layout oneDNN's bfloat16 convolutions
-    are fastest in. Refuses a CPU that would emulate bfloat16."""
+    are fastest in. Refuses a CPU without AMX, where it would train slower than float32."""
     if not config.cpu_bf16 or device.type != "cpu":
         return False
-    if not cpu_has_bf16():
-        raise ValueError("cpu_bf16 needs a CPU with bfloat16 hardware (AMX or AVX512-BF16); this one would "
-                         "emulate it and train slower than float32")
+    if not cpu_has_amx():
+        raise ValueError("cpu_bf16 needs a CPU with AMX (bfloat16 matrix hardware); on this one bfloat16 "
+                         "trains slower than float32")
     model.to(memory_format=torch.channels_last)
     return True
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fracture_al.detection import training
 from fracture_al.detection.data import collate, eval_transforms
-from fracture_al.detection.devices import cpu_has_bf16
+from fracture_al.detection.devices import cpu_has_amx
 from fracture_al.detection.engine import LOSS_NAMES, LossLog, compute_losses, train_one_epoch
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.model_files import version_model_config
@@ -58,7 +58,7 @@ def test_short_training_lowers_the_loss(sample_dir: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bfloat16 hardware (AMX or AVX512-BF16)")
+@pytest.mark.skipif(not cpu_has_amx(), reason="this CPU has no AMX, where bfloat16 training is refused")
 def test_cpu_bf16_training_lowers_the_loss_and_keeps_float32_weights(sample_dir: Path, tmp_path: Path) -> None:
     splits = load_splits(sample_dir)
     loader = torch.utils.data.DataLoader(splits["train"].dataset(eval_transforms()), batch_size=4, collate_fn=collate)
@@ -102,14 +102,14 @@ def test_train_one_epoch_computes_in_bfloat16_only_when_asked(bf16: bool, expect
     assert model.linear.weight.dtype == torch.float32  # autocast casts per operation, never the weights
 
 
-def test_cpu_bf16_is_refused_on_a_cpu_that_would_emulate_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_bf16_is_refused_on_a_cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = initial_model(TINY, Initialisation())
     asked = TrainConfig(cpu_bf16=True)
     assert not prepare_cpu_bf16(model, asked, torch.device("cuda"))  # a GPU trains under its own float16 AMP
     assert not prepare_cpu_bf16(model, TrainConfig(), CPU)
     # A test cannot choose its CPU: the hardware query is what is replaced.
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
-    with pytest.raises(ValueError, match="bfloat16 hardware"):
+    monkeypatch.setattr(training, "cpu_has_amx", lambda: False)
+    with pytest.raises(ValueError, match="needs a CPU with AMX"):
         prepare_cpu_bf16(model, asked, CPU)
     assert all(p.is_contiguous() for p in model.parameters())  # left as it was
 
