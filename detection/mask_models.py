@@ -53,6 +53,9 @@ class MaskArchitecture:
     description: str
     imagenet: Callable[[nn.Module, Path], None] | None = None  # seeds the network from the ImageNet checkpoint
     lr: float = 1e-3  # AdamW's learning rate that trains it (a ViT from scratch diverges at 1e-3)
+    # Whether a CPU runs it faster with channels-last weights (detection.devices.for_inference): the
+    # convnets 1.3-1.5x, the transformers not (benchmarks/reported/inference_layout_cpu.json).
+    channels_last: bool = True
 
 
 class Logits(nn.Module):
@@ -133,14 +136,15 @@ ARCHITECTURES: dict[str, MaskArchitecture] = {
     ),
     "swin_unetr": MaskArchitecture(
         "segmentation", _swin_unetr, "SwinUNETR in 2-D (MONAI): a Swin transformer encoder; Hatamizadeh et al., "
-        "arXiv 2201.01266",
+        "arXiv 2201.01266", channels_last=False,
     ),
     "mobilenet_v2": MaskArchitecture(
         "classification", _mobilenet_v2_classifier, "ImageNet MobileNetV2 with a fracture / no fracture head",
         _mobilenet_v2_imagenet,
     ),
     "vit": MaskArchitecture(
-        "classification", _vit, "Vision Transformer (MONAI), 16 px patches; Dosovitskiy et al., ICLR 2021", lr=1e-4
+        "classification", _vit, "Vision Transformer (MONAI), 16 px patches; Dosovitskiy et al., ICLR 2021", lr=1e-4,
+        channels_last=False,
     ),
 }
 

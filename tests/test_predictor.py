@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
+from torchvision.transforms.v2 import functional as F
 
+from fracture_al.detection.mask_models import ARCHITECTURES, MaskModelConfig, build_mask_model
+from fracture_al.detection.mask_predictor import MaskPredictor
+from fracture_al.detection.model_files import load_model
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.store import ModelStore
+from fracture_al.detection.tta import detect
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +46,35 @@ def test_augmented_views_map_boxes_back_onto_the_original_pixels(predictor: Pred
         assert (view.boxes[:, 0] < view.boxes[:, 2]).all()
         assert view.boxes[:, 2].max() <= symmetric.width + 1e-3 and view.boxes.min() >= 0
     assert predictor.model.transform.min_size == (predictor.config.min_size,)  # restored after the pass
+
+
+def test_served_predictions_are_the_saved_model_s_own(predictor: Predictor, trained_home: Path,
+                                                    sample_dir: Path) -> None:  # fmt: skip
+    """On a CPU the predictor runs the network in channels-last memory (its fastest there); the
+    boxes must still be those of the saved network as loaded."""
+    saved, _ = load_model(ModelStore(trained_home / "models").current().weights_path)
+    images = [sample(sample_dir, index) for index in (0, 1, 30)]
+    served = predictor.predict(images)
+    with torch.inference_mode():
+        tensors = [F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True) for image in images]
+        plain = detect(saved, tensors, flip_tta=predictor.config.flip_tta)
+    assert sum(len(prediction.scores) for prediction in served) > 0
+    for prediction, output in zip(served, plain, strict=True):
+        np.testing.assert_allclose(prediction.boxes, output["boxes"].numpy(), atol=1e-2)
+        np.testing.assert_allclose(prediction.scores, output["scores"].numpy(), atol=1e-4)
+    convolutions = [p for p in predictor.model.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_a_cpu_runs_convnets_in_channels_last_and_transformers_as_they_are(name: str) -> None:
+    config = MaskModelConfig(task=ARCHITECTURES[name].task, arch=name)
+    model = MaskPredictor(build_mask_model(config, imagenet=False), config, torch.device("cpu"), "untrained").model
+    convolutions = [p for p in model.parameters() if p.dim() == 4]
+    assert convolutions and not model.training
+    # The transformers ran no faster in channels-last (benchmarks/reported/inference_layout_cpu.json).
+    layout = torch.contiguous_format if name in ("swin_unetr", "vit") else torch.channels_last
+    assert all(p.is_contiguous(memory_format=layout) for p in convolutions)
 
 
 def test_embeddings_put_a_near_copy_closer_than_another_x_ray(predictor: Predictor, sample_dir: Path) -> None:
