@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from label_studio_sdk import LabelStudio
 
+from benchmarks.processor import processor
 from fracture_al.detection.images import load_image
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.shipped_model import open_store
@@ -94,7 +95,7 @@ def main() -> None:
         "written": outcome["written"],
         "failed": outcome["failed"],
         "model": version.name,
-        "machine": f"{os.cpu_count()} CPU cores, device cpu",
+        "machine": processor(),
     }
     print(json.dumps(result, indent=2))
     if args.out:
