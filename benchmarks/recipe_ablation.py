@@ -68,7 +68,7 @@ from fracture_al.detection.training import (
     load_splits,
     make_loader,
     make_optimizer,
-    prepare_cpu_bf16,
+    prepare_for_training,
     seed_everything,
     weight_average,
 )
@@ -93,7 +93,7 @@ def variants(epochs: int, batch_size: int, lr: float, workers: int) -> dict[str,
         "frozen_backbone": ("backbone trained from block 14 on (2 of 6 stages; base 4)",
                             {"trainable_backbone_layers": 2}, {}, False),
         # Also buys epochs: on a CPU with AMX, fewer and cheaper memory passes.
-        "cpu_bf16": ("bfloat16 autocast, channels-last weights (CPU with AMX)", {}, {"cpu_bf16": True}, False),
+        "cpu_bf16": ("bfloat16 autocast (CPU with AMX)", {}, {"cpu_bf16": True}, False),
         "long": (f"{2 * epochs} epochs", {}, {"epochs": 2 * epochs}, False),
         "all": (
             "800 px, multi-scale 640-960, fitted anchors, 65% fractures, EMA, double schedule",
@@ -167,8 +167,7 @@ def measure_speed(recipe: Recipe, data: Path, device: torch.device, seed: int, s
     model_config, train_config = recipe.configs(splits["train"].coco, train=TrainConfig(seed=seed))
     seed_everything(seed)
     model, _ = initial_model(model_config, Initialisation())
-    model.to(device)
-    bf16 = prepare_cpu_bf16(model, train_config, device)
+    bf16 = prepare_for_training(model, train_config, device)
     # A long nominal schedule: the measured iterations sit at the peak learning rate, as most of a run does.
     optimizer, scheduler = make_optimizer(model, train_config, total_iterations=100_000)
     averaged = weight_average(model, train_config)

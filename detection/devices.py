@@ -1,6 +1,5 @@
-"""Which torch device to run on, and how a network for inference sits on it. Its own module so
-that what only predicts (the backend's gunicorn workers) does not import the training stack
-(pycocotools, scikit-learn) to learn it."""
+"""Which torch device to run on. Its own module so that what only predicts (the backend's gunicorn
+workers) does not import the training stack (pycocotools, scikit-learn) to learn it."""
 
 from __future__ import annotations
 
@@ -23,15 +22,3 @@ def cpu_has_amx() -> bool:
     exposes the check under a private name only.)"""
     return torch.cpu._is_amx_tile_supported()
 
-
-def for_inference(model: torch.nn.Module, device: torch.device, *, channels_last: bool = True) -> torch.nn.Module:
-    """``model`` on ``device`` in eval mode. On a CPU a convolutional network's weights go to
-    channels-last memory, the layout oneDNN's convolutions compute in, so they are not reordered
-    on every call: 1.3x for the detector on one X-ray, 1.4x for a scoring pass, 1.3-1.5x for the
-    segmentation and classification convnets, with the same outputs to float rounding
-    (``benchmarks/reported/inference_layout_cpu.json``). The transformers gain nothing (SwinUNETR
-    0.91x, ViT 1.05x), so theirs stay as they are (``channels_last=False``)."""
-    model = model.to(device).eval()
-    if channels_last and device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
-    return model

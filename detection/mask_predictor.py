@@ -13,9 +13,8 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
-from fracture_al.detection.devices import for_inference
-from fracture_al.detection.mask_models import MaskModelConfig, architecture
-from fracture_al.detection.model_files import load_model
+from fracture_al.detection.mask_models import MaskModelConfig
+from fracture_al.detection.model_files import for_inference, load_model
 from fracture_al.detection.shipped_model import verify_version
 from fracture_al.detection.store import ModelVersion
 
@@ -62,7 +61,7 @@ class MaskPrediction:
 class MaskPredictor:
     def __init__(self, model: torch.nn.Module, config: MaskModelConfig, device: torch.device, version: str,
                  threshold: float = 0.5):  # fmt: skip
-        self.model = for_inference(model, device, channels_last=architecture(config.arch).channels_last)
+        self.model = for_inference(model, config, device)
         self.config = config
         self.device = device
         self.version = version

@@ -51,8 +51,9 @@ def test_augmented_views_map_boxes_back_onto_the_original_pixels(predictor: Pred
 def test_served_predictions_are_the_saved_model_s_own(predictor: Predictor, trained_home: Path,
                                                     sample_dir: Path) -> None:  # fmt: skip
     """On a CPU the predictor runs the network in channels-last memory (its fastest there); the
-    boxes must still be those of the saved network as loaded."""
+    boxes must still be those of the saved network run in PyTorch's default layout."""
     saved, _ = load_model(ModelStore(trained_home / "models").current().weights_path)
+    saved.to(memory_format=torch.contiguous_format)
     images = [sample(sample_dir, index) for index in (0, 1, 30)]
     served = predictor.predict(images)
     with torch.inference_mode():
@@ -72,7 +73,7 @@ def test_a_cpu_runs_convnets_in_channels_last_and_transformers_as_they_are(name:
     model = MaskPredictor(build_mask_model(config, imagenet=False), config, torch.device("cpu"), "untrained").model
     convolutions = [p for p in model.parameters() if p.dim() == 4]
     assert convolutions and not model.training
-    # The transformers ran no faster in channels-last (benchmarks/reported/inference_layout_cpu.json).
+    # The transformers ran no faster in channels-last (benchmarks/reported/memory_layout_cpu.json).
     layout = torch.contiguous_format if name in ("swin_unetr", "vit") else torch.channels_last
     assert all(p.is_contiguous(memory_format=layout) for p in convolutions)
 

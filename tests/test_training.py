@@ -24,7 +24,7 @@ from fracture_al.detection.training import (
     fit,
     initial_model,
     load_splits,
-    prepare_cpu_bf16,
+    prepare_for_training,
 )
 
 CPU = torch.device("cpu")
@@ -102,16 +102,21 @@ def test_train_one_epoch_computes_in_bfloat16_only_when_asked(bf16: bool, expect
     assert model.linear.weight.dtype == torch.float32  # autocast casts per operation, never the weights
 
 
-def test_cpu_bf16_is_refused_on_a_cpu_without_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cpu_trains_in_channels_last_and_in_bfloat16_only_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = initial_model(TINY, Initialisation())
-    asked = TrainConfig(cpu_bf16=True)
-    assert not prepare_cpu_bf16(model, asked, torch.device("cuda"))  # a GPU trains under its own float16 AMP
-    assert not prepare_cpu_bf16(model, TrainConfig(), CPU)
+    convolutions = [p for p in model.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous() for p in convolutions)
     # A test cannot choose its CPU: the hardware query is what is replaced.
     monkeypatch.setattr(training, "cpu_has_amx", lambda: False)
     with pytest.raises(ValueError, match="needs a CPU with AMX"):
-        prepare_cpu_bf16(model, asked, CPU)
-    assert all(p.is_contiguous() for p in model.parameters())  # left as it was
+        prepare_for_training(model, TrainConfig(cpu_bf16=True), CPU)
+    assert all(p.is_contiguous() for p in model.parameters())  # refused before anything changed
+
+    assert not prepare_for_training(model, TrainConfig(), CPU)
+    convolutions = [p for p in model.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    monkeypatch.setattr(training, "cpu_has_amx", lambda: True)
+    assert prepare_for_training(model, TrainConfig(cpu_bf16=True), CPU)
 
 
 def test_trained_version_has_metrics_and_the_three_plots(trained_home: Path) -> None:

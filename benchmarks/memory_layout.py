@@ -1,19 +1,23 @@
-"""Inference on the CPU with the weights in channels-last (NHWC) memory against PyTorch's default
-contiguous (NCHW) layout: seconds and the largest difference in the outputs, per network.
+"""Training and inference on the CPU with the weights in channels-last (NHWC) memory against
+PyTorch's default contiguous (NCHW) layout: speed, and for inference the largest difference in the
+outputs, per network.
 
 oneDNN, PyTorch's CPU backend for convolutions, computes in a blocked NHWC-like layout; contiguous
-weights are reordered on every call (PyTorch's "Channels Last Memory Format" tutorial). Measured
-paths, each on the same decoded FracAtlas test X-rays, the two layouts alternating round by round
-so that the machine's drift falls on both:
+weights are reordered on every call (PyTorch's "Channels Last Memory Format" tutorial). Measured,
+the two layouts alternating round by round so that the machine's drift falls on both:
 
+- training the detector (the ``baseline`` recipe from ImageNet weights, batch 4, FracAtlas train):
+  one model per layout, each trained for ``--train-seconds`` per round after a warm-up;
 - the shipped detector (``Predictor``) on one X-ray at a time, as ``/predict`` runs for one task;
 - the shipped detector's scoring pass (predict, embed, the two TTA views, batch 8), as the
   workers' scoring jobs run it;
 - every segmentation and classification architecture (``MaskPredictor``, batch 8). Their speed
   does not depend on the weights, so they run untrained (no checkpoint needed).
 
-    python -m benchmarks.inference_layout --data ../shared/data/fracatlas --images 32 --rounds 3 \\
-        --out benchmarks/reported/inference_layout_cpu.json
+Inference runs on the same decoded FracAtlas test X-rays in both layouts.
+
+    python -m benchmarks.memory_layout --data ../shared/data/fracatlas --images 32 --rounds 3 \\
+        --train-seconds 120 --out benchmarks/reported/memory_layout_cpu.json
 """
 
 from __future__ import annotations
@@ -32,14 +36,63 @@ import torch
 from PIL import Image
 
 from benchmarks.processor import processor
+from fracture_al.detection.data import train_transforms
+from fracture_al.detection.engine import LossLog, train_one_epoch
 from fracture_al.detection.images import load_image
 from fracture_al.detection.mask_models import ARCHITECTURES, MaskModelConfig, build_mask_model
 from fracture_al.detection.mask_predictor import MaskPredictor
 from fracture_al.detection.predictor import Predictor
+from fracture_al.detection.recipes import recipe
 from fracture_al.detection.shipped_model import open_store
+from fracture_al.detection.training import (
+    Initialisation,
+    TrainConfig,
+    initial_model,
+    load_splits,
+    make_loader,
+    make_optimizer,
+    seed_everything,
+)
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 CPU = torch.device("cpu")
+TRAIN_WARM_UP_SECONDS = 20
+
+
+def training_speed(data: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    """Training images/s per round in each layout: two copies of one freshly seeded detector, each
+    with its own optimizer and loader, trained in turn (its momentum stays in its own layout)."""
+    splits = load_splits(data)
+    model_config, train_config = recipe("baseline").configs(splits["train"].coco,
+                                                            train=TrainConfig(batch_size=4, workers=1))  # fmt: skip
+    arms = {}
+    for name, layout in LAYOUTS.items():
+        seed_everything(train_config.seed)
+        model, _ = initial_model(model_config, Initialisation())
+        model.to(memory_format=layout)
+        optimizer, scheduler = make_optimizer(model, train_config, total_iterations=100_000)
+        loader = make_loader(splits["train"].dataset(train_transforms()), train_config, CPU, shuffle=True, epoch=1)
+        arms[name] = (model, optimizer, scheduler, loader)
+
+    def images_per_second(name: str, limit: float) -> float:
+        model, optimizer, scheduler, loader = arms[name]
+        started = time.monotonic()
+        iterations = train_one_epoch(model, optimizer, scheduler, loader, CPU, 1, LossLog(), deadline=started + limit)
+        return iterations * train_config.batch_size / (time.monotonic() - started)
+
+    for name in arms:
+        images_per_second(name, TRAIN_WARM_UP_SECONDS)
+    per_round: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name in arms:
+            per_round[name].append(round(images_per_second(name, seconds), 3))
+    median = {name: statistics.median(values) for name, values in per_round.items()}
+    return {
+        "path": f"training the detector ({model_config.min_size} px, batch {train_config.batch_size}), "
+                f"{seconds:g} s per round",
+        "train_images_per_second_per_round": per_round,
+        "speed_up": round(median["channels_last"] / median["contiguous"], 3),
+    }  # fmt: skip
 
 
 def timed_layouts(model: torch.nn.Module, run: Callable[[], Any], rounds: int) -> dict[str, list[float]]:
@@ -126,21 +179,26 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="FracAtlas folder (test.json, images/).")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-seconds", type=float, default=120, help="Training per layout and round.")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
+    training = training_speed(args.data, args.train_seconds, args.rounds)
+    print(json.dumps(training), flush=True)
     names = [image["file_name"] for image in json.loads((args.data / "test.json").read_text())["images"]]
     images = [load_image(args.data / "images" / name) for name in names[: args.images]]
     detector = detector_paths(images, args.rounds)
     for result in detector:
         print(json.dumps(result), flush=True)
     report = {
-        "command": f"python -m benchmarks.inference_layout --data {args.data} --images {args.images} "
-                   f"--rounds {args.rounds}" + (f" --out {args.out}" if args.out else ""),
+        "command": f"python -m benchmarks.memory_layout --data {args.data} --images {args.images} "
+                   f"--rounds {args.rounds} --train-seconds {args.train_seconds:g}"
+                   + (f" --out {args.out}" if args.out else ""),
         "machine": processor(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "xrays": len(images),
+        "training": training,
         "paths": detector + mask_paths(images, args.rounds),
     }  # fmt: skip
     if args.out:
