@@ -18,6 +18,13 @@ Inference runs on the same decoded FracAtlas test X-rays in both layouts.
 
     python -m benchmarks.memory_layout --data ../shared/data/fracatlas --images 32 --rounds 3 \\
         --train-seconds 120 --out benchmarks/reported/memory_layout_cpu.json
+
+``--mask-training STEPS`` measures instead every segmentation and classification architecture's
+training steps (AdamW, its own loss, one batch of 8 FracAtlas train X-rays with their fracture
+masks, from random weights), STEPS per layout and round:
+
+    python -m benchmarks.memory_layout --data ../shared/data/fracatlas --mask-training 3 --rounds 2 \\
+        --out benchmarks/reported/memory_layout_mask_training_cpu.json
 """
 
 from __future__ import annotations
@@ -39,8 +46,10 @@ from benchmarks.processor import processor
 from fracture_al.detection.data import train_transforms
 from fracture_al.detection.engine import LossLog, train_one_epoch
 from fracture_al.detection.images import load_image
+from fracture_al.detection.mask_data import MaskDataset
 from fracture_al.detection.mask_models import ARCHITECTURES, MaskModelConfig, build_mask_model
 from fracture_al.detection.mask_predictor import MaskPredictor
+from fracture_al.detection.mask_training import loss_function
 from fracture_al.detection.predictor import Predictor
 from fracture_al.detection.recipes import recipe
 from fracture_al.detection.shipped_model import open_store
@@ -174,14 +183,53 @@ def mask_paths(images: list[Image.Image], rounds: int) -> list[dict[str, Any]]:
     return results
 
 
+def mask_training_paths(data: Path, steps: int, rounds: int) -> list[dict[str, Any]]:
+    train = load_splits(data)["train"]
+    results = []
+    for name, arch in ARCHITECTURES.items():
+        config = MaskModelConfig(task=arch.task, arch=name)
+        dataset = MaskDataset(train.coco, train.image_dir, config.image_size, train=False)
+        images, masks, labels = (torch.stack(items) for items in zip(*(dataset[i] for i in range(8)), strict=True))
+        torch.manual_seed(0)
+        model = build_mask_model(config, imagenet=False).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=arch.lr)
+        loss_of = loss_function(config)
+
+        def train_steps(model=model, optimizer=optimizer, loss_of=loss_of, batch=(images, masks, labels)) -> None:
+            for _ in range(steps):
+                optimizer.zero_grad()
+                loss_of(model(batch[0]), *batch[1:]).backward()
+                optimizer.step()
+
+        seconds = timed_layouts(model, train_steps, rounds)
+        median = {layout: statistics.median(values) for layout, values in seconds.items()}
+        results.append({
+            "path": f"training {name} ({arch.task}), {steps} steps of batch 8",
+            "seconds_per_round": seconds,
+            "speed_up": round(median["contiguous"] / median["channels_last"], 3),
+        })  # fmt: skip
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="FracAtlas folder (test.json, images/).")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-seconds", type=float, default=120, help="Training per layout and round.")
+    parser.add_argument("--mask-training", type=int, metavar="STEPS", default=0,
+                        help="Measure the mask networks' training steps instead.")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.mask_training:
+        write(args.out, {
+            "command": f"python -m benchmarks.memory_layout --data {args.data} --mask-training {args.mask_training} "
+                       f"--rounds {args.rounds}" + (f" --out {args.out}" if args.out else ""),
+            "machine": processor(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "paths": mask_training_paths(args.data, args.mask_training, args.rounds),
+        })  # fmt: skip
+        return
 
     training = training_speed(args.data, args.train_seconds, args.rounds)
     print(json.dumps(training), flush=True)
@@ -201,9 +249,13 @@ def main() -> None:
         "training": training,
         "paths": detector + mask_paths(images, args.rounds),
     }  # fmt: skip
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write(args.out, report)
+
+
+def write(out: Path | None, report: dict[str, Any]) -> None:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

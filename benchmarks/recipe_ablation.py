@@ -167,7 +167,7 @@ def measure_speed(recipe: Recipe, data: Path, device: torch.device, seed: int, s
     model_config, train_config = recipe.configs(splits["train"].coco, train=TrainConfig(seed=seed))
     seed_everything(seed)
     model, _ = initial_model(model_config, Initialisation())
-    bf16 = prepare_for_training(model, train_config, device)
+    bf16 = prepare_for_training(model, model_config, train_config, device)
     # A long nominal schedule: the measured iterations sit at the peak learning rate, as most of a run does.
     optimizer, scheduler = make_optimizer(model, train_config, total_iterations=100_000)
     averaged = weight_average(model, train_config)

@@ -53,8 +53,8 @@ class MaskArchitecture:
     description: str
     imagenet: Callable[[nn.Module, Path], None] | None = None  # seeds the network from the ImageNet checkpoint
     lr: float = 1e-3  # AdamW's learning rate that trains it (a ViT from scratch diverges at 1e-3)
-    # Whether a CPU runs it faster with channels-last weights (model_files.for_inference): the
-    # convnets 1.4-1.5x, the transformers not (benchmarks/reported/memory_layout_cpu.json).
+    # Whether a CPU runs it faster with channels-last weights (model_files.to_device): the
+    # convnets 1.3-1.5x, the transformers not (benchmarks/reported/memory_layout*_cpu.json).
     channels_last: bool = True
 
 

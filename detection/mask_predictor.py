@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 from fracture_al.detection.mask_models import MaskModelConfig
-from fracture_al.detection.model_files import for_inference, load_model
+from fracture_al.detection.model_files import load_model, to_device
 from fracture_al.detection.shipped_model import verify_version
 from fracture_al.detection.store import ModelVersion
 
@@ -61,7 +61,7 @@ class MaskPrediction:
 class MaskPredictor:
     def __init__(self, model: torch.nn.Module, config: MaskModelConfig, device: torch.device, version: str,
                  threshold: float = 0.5):  # fmt: skip
-        self.model = for_inference(model, config, device)
+        self.model = to_device(model, config, device).eval()
         self.config = config
         self.device = device
         self.version = version

@@ -27,6 +27,7 @@ from fracture_al.detection.mask_data import MaskDataset
 from fracture_al.detection.mask_metrics import MaskScores, mask_metrics, score_mask
 from fracture_al.detection.mask_models import MaskModelConfig, architecture, build_mask_model
 from fracture_al.detection.mask_predictor import at_size, predict_probabilities
+from fracture_al.detection.model_files import to_device
 from fracture_al.detection.training import (
     CHECKPOINT_FILE,
     DataSplit,
@@ -111,7 +112,7 @@ def fit_masks(
     model = build_mask_model(model_config, imagenet=imagenet, search_dirs=weights_dirs)
     if warm_start is not None:
         model.load_state_dict(torch.load(warm_start, map_location="cpu", weights_only=True)["model"])
-    model.to(device)
+    to_device(model, model_config, device)
     lr = train_config.lr or architecture(model_config.arch).lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_config.weight_decay)
     schedule = WarmupCosine(0, max(1, train_config.epochs))  # stepped once per epoch

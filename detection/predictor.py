@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from fracture_al.detection.model import ModelConfig
-from fracture_al.detection.model_files import for_inference, load_model
+from fracture_al.detection.model_files import load_model, to_device
 from fracture_al.detection.shipped_model import verify_version
 from fracture_al.detection.store import ModelVersion
 from fracture_al.detection.tta import detect
@@ -62,7 +62,7 @@ class Predictor:
         version: str,
         operating_threshold: float | None = None,
     ):
-        self.model = for_inference(model, config, device)
+        self.model = to_device(model, config, device).eval()
         self.config = config
         self.device = device
         self.version = version

@@ -23,6 +23,7 @@ from fracture_al.detection.devices import cpu_has_amx
 from fracture_al.detection.engine import LossLog, predict_batches, train_one_epoch
 from fracture_al.detection.evaluation import evaluate_predictions
 from fracture_al.detection.model import ModelConfig, build_model, load_pretrained
+from fracture_al.detection.model_files import to_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -218,22 +219,18 @@ def epochs_within_budget(planned: int, done: int, seconds_per_epoch: float, seco
     return max(done, min(planned, done + affordable))
 
 
-def prepare_for_training(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> bool:
-    """Put ``model`` on ``device`` to train; returns whether it trains under bfloat16 autocast
-    (``config.cpu_bf16`` on a CPU, refused on a CPU without AMX, where it trains slower).
-
-    On a CPU the weights go to channels-last memory, the layout oneDNN's convolutions compute in:
-    the detector trained 1.22x faster in it on an Intel Xeon (``benchmarks/reported/
-    memory_layout_cpu.json``) and 1.07-1.11x on an AMD EPYC without AVX-512, the same computation
-    up to float rounding. (Unmeasured on a GPU, which keeps PyTorch's default layout.)"""
+def prepare_for_training(
+    model: torch.nn.Module, model_config: ModelConfig, config: TrainConfig, device: torch.device
+) -> bool:
+    """Put ``model`` on ``device`` to train, in the layout it trains fastest in there
+    (:func:`~fracture_al.detection.model_files.to_device`: channels-last on a CPU, 1.22x on an
+    Intel Xeon, 1.07-1.11x on an AMD EPYC without AVX-512); returns whether it trains under
+    bfloat16 autocast (``config.cpu_bf16`` on a CPU, refused without AMX, where it trains slower)."""
     if config.cpu_bf16 and device.type == "cpu" and not cpu_has_amx():
         raise ValueError("cpu_bf16 needs a CPU with AMX (bfloat16 matrix hardware); on this one bfloat16 "
                          "trains slower than float32")
-    model.to(device)
-    if device.type != "cpu":
-        return False
-    model.to(memory_format=torch.channels_last)
-    return config.cpu_bf16
+    to_device(model, model_config, device)
+    return config.cpu_bf16 and device.type == "cpu"
 
 
 def initial_model(model_config: ModelConfig, init: Initialisation) -> tuple[torch.nn.Module, str | None]:
@@ -272,7 +269,7 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(train_config.seed)
     model, pretrained_from = initial_model(model_config, init)
-    bf16 = prepare_for_training(model, train_config, device)
+    bf16 = prepare_for_training(model, model_config, train_config, device)
 
     train_set = train_split.dataset(train_transforms())
     iterations_per_epoch = -(-len(train_set) // train_config.batch_size)

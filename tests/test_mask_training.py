@@ -76,6 +76,8 @@ def test_fit_masks_validates_keeps_the_best_epoch_and_resumes(sample_dir: Path, 
                         device=torch.device("cpu"), resume=True)  # fmt: skip
     assert [e["epoch"] for e in resumed.epochs] == [1, 2]  # epoch 1 read back, only epoch 2 trained
     assert resumed.images_seen == len(train.coco.images)
+    convolutions = [p for p in resumed.model.parameters() if p.dim() == 4]  # a CPU trains a convnet in channels-last
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
     metrics, scores = evaluate_masks(resumed.model, config, val, MaskTrainConfig(), torch.device("cpu"))
     assert len(scores) == len(val.coco.images) and all(0.0 <= s.dice <= 1.0 for s in scores)
     fractured = [s for s in scores if s.fractured]

@@ -109,14 +109,14 @@ def test_a_cpu_trains_in_channels_last_and_in_bfloat16_only_with_amx(monkeypatch
     # A test cannot choose its CPU: the hardware query is what is replaced.
     monkeypatch.setattr(training, "cpu_has_amx", lambda: False)
     with pytest.raises(ValueError, match="needs a CPU with AMX"):
-        prepare_for_training(model, TrainConfig(cpu_bf16=True), CPU)
+        prepare_for_training(model, TINY, TrainConfig(cpu_bf16=True), CPU)
     assert all(p.is_contiguous() for p in model.parameters())  # refused before anything changed
 
-    assert not prepare_for_training(model, TrainConfig(), CPU)
+    assert not prepare_for_training(model, TINY, TrainConfig(), CPU)
     convolutions = [p for p in model.parameters() if p.dim() == 4]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
     monkeypatch.setattr(training, "cpu_has_amx", lambda: True)
-    assert prepare_for_training(model, TrainConfig(cpu_bf16=True), CPU)
+    assert prepare_for_training(model, TINY, TrainConfig(cpu_bf16=True), CPU)
 
 
 def test_trained_version_has_metrics_and_the_three_plots(trained_home: Path) -> None:
