@@ -35,6 +35,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +132,17 @@ def outputs_in_layouts(model: torch.nn.Module, run: Callable[[], list[np.ndarray
                default=0.0)  # fmt: skip
 
 
+def speed_up(seconds: dict[str, list[float]]) -> float:
+    """How many times faster channels-last ran, from the median seconds of each layout."""
+    return round(statistics.median(seconds["contiguous"]) / statistics.median(seconds["channels_last"]), 3)
+
+
 def summary(path: str, seconds: dict[str, list[float]], images: int, difference: float) -> dict[str, Any]:
-    median = {name: statistics.median(values) for name, values in seconds.items()}
     return {
         "path": path,
         "seconds_per_round": seconds,
-        "xrays_per_second": {name: round(images / value, 3) for name, value in median.items()},
-        "speed_up": round(median["contiguous"] / median["channels_last"], 3),
+        "xrays_per_second": {name: round(images / statistics.median(values), 3) for name, values in seconds.items()},
+        "speed_up": speed_up(seconds),
         "largest_output_difference": difference,
     }
 
@@ -183,6 +188,14 @@ def mask_paths(images: list[Image.Image], rounds: int) -> list[dict[str, Any]]:
     return results
 
 
+def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_of: Callable[..., torch.Tensor],
+                batch: tuple[torch.Tensor, ...], steps: int) -> None:  # fmt: skip
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_of(model(batch[0]), *batch[1:]).backward()
+        optimizer.step()
+
+
 def mask_training_paths(data: Path, steps: int, rounds: int) -> list[dict[str, Any]]:
     train = load_splits(data)["train"]
     results = []
@@ -195,19 +208,10 @@ def mask_training_paths(data: Path, steps: int, rounds: int) -> list[dict[str, A
         optimizer = torch.optim.AdamW(model.parameters(), lr=arch.lr)
         loss_of = loss_function(config)
 
-        def train_steps(model=model, optimizer=optimizer, loss_of=loss_of, batch=(images, masks, labels)) -> None:
-            for _ in range(steps):
-                optimizer.zero_grad()
-                loss_of(model(batch[0]), *batch[1:]).backward()
-                optimizer.step()
-
-        seconds = timed_layouts(model, train_steps, rounds)
-        median = {layout: statistics.median(values) for layout, values in seconds.items()}
-        results.append({
-            "path": f"training {name} ({arch.task}), {steps} steps of batch 8",
-            "seconds_per_round": seconds,
-            "speed_up": round(median["contiguous"] / median["channels_last"], 3),
-        })  # fmt: skip
+        seconds = timed_layouts(model, partial(train_steps, model, optimizer, loss_of, (images, masks, labels), steps),
+                                rounds)  # fmt: skip
+        results.append({"path": f"training {name} ({arch.task}), {steps} steps of batch 8",
+                        "seconds_per_round": seconds, "speed_up": speed_up(seconds)})  # fmt: skip
         print(json.dumps(results[-1]), flush=True)
     return results
 
