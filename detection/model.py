@@ -26,6 +26,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from fracture_al.detection.norm_folding import fold_frozen_norms
 from fracture_al.detection.store import DEFAULT_CLASS_NAMES
 from fracture_al.detection.weights import WeightsError, load_into, load_state_dict_file, resolve_checkpoint
 
@@ -206,8 +207,11 @@ def architecture(name: str) -> Architecture:
 
 
 def build_model(config: ModelConfig) -> FasterRCNN:
-    """The detector's structure with random weights (pretrained ones come from load_pretrained)."""
-    return architecture(config.arch).build(config)
+    """The detector's structure with random weights (pretrained ones come from load_pretrained),
+    its frozen batch norms folded into their convolutions (:mod:`~fracture_al.detection.norm_folding`)."""
+    model = architecture(config.arch).build(config)
+    fold_frozen_norms(model)
+    return model
 
 
 def load_pretrained(
