@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -43,131 +40,28 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.alternating import (
+    CPU,
+    Arms,
+    output_difference,
+    shipped_detector_paths,
+    speed_up,
+    summary,
+    timed_arms,
+    training_speed,
+)
 from benchmarks.processor import processor
-from fracture_al.detection.data import train_transforms
-from fracture_al.detection.engine import LossLog, train_one_epoch
 from fracture_al.detection.images import load_image
 from fracture_al.detection.mask_data import MaskDataset
 from fracture_al.detection.mask_models import ARCHITECTURES, MaskModelConfig, build_mask_model
 from fracture_al.detection.mask_predictor import MaskPredictor
 from fracture_al.detection.mask_training import loss_function
-from fracture_al.detection.predictor import Predictor
-from fracture_al.detection.recipes import recipe
-from fracture_al.detection.shipped_model import open_store
-from fracture_al.detection.training import (
-    Initialisation,
-    TrainConfig,
-    initial_model,
-    load_splits,
-    make_loader,
-    make_optimizer,
-    seed_everything,
-)
+from fracture_al.detection.training import load_splits
 
-LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-CPU = torch.device("cpu")
-TRAIN_WARM_UP_SECONDS = 20
-
-
-def training_speed(data: Path, seconds: float, rounds: int) -> dict[str, Any]:
-    """Training images/s per round in each layout: two copies of one freshly seeded detector, each
-    with its own optimizer and loader, trained in turn (its momentum stays in its own layout)."""
-    splits = load_splits(data)
-    model_config, train_config = recipe("baseline").configs(splits["train"].coco,
-                                                            train=TrainConfig(batch_size=4, workers=1))  # fmt: skip
-    arms = {}
-    for name, layout in LAYOUTS.items():
-        seed_everything(train_config.seed)
-        model, _ = initial_model(model_config, Initialisation())
-        model.to(memory_format=layout)
-        optimizer, scheduler = make_optimizer(model, train_config, total_iterations=100_000)
-        loader = make_loader(splits["train"].dataset(train_transforms()), train_config, CPU, shuffle=True, epoch=1)
-        arms[name] = (model, optimizer, scheduler, loader)
-
-    def images_per_second(name: str, limit: float) -> float:
-        model, optimizer, scheduler, loader = arms[name]
-        started = time.monotonic()
-        iterations = train_one_epoch(model, optimizer, scheduler, loader, CPU, 1, LossLog(), deadline=started + limit)
-        return iterations * train_config.batch_size / (time.monotonic() - started)
-
-    for name in arms:
-        images_per_second(name, TRAIN_WARM_UP_SECONDS)
-    per_round: dict[str, list[float]] = {name: [] for name in arms}
-    for _ in range(rounds):
-        for name in arms:
-            per_round[name].append(round(images_per_second(name, seconds), 3))
-    median = {name: statistics.median(values) for name, values in per_round.items()}
-    return {
-        "path": f"training the detector ({model_config.min_size} px, batch {train_config.batch_size}), "
-                f"{seconds:g} s per round",
-        "train_images_per_second_per_round": per_round,
-        "speed_up": round(median["channels_last"] / median["contiguous"], 3),
-    }  # fmt: skip
-
-
-def timed_layouts(model: torch.nn.Module, run: Callable[[], Any], rounds: int) -> dict[str, list[float]]:
-    """Seconds of ``run`` per round in each layout, alternating, after one untimed call each."""
-    seconds: dict[str, list[float]] = {name: [] for name in LAYOUTS}
-    for layout in LAYOUTS.values():  # warm-up: oneDNN caches its kernels per layout
-        model.to(memory_format=layout)
-        run()
-    for _ in range(rounds):
-        for name, layout in LAYOUTS.items():
-            model.to(memory_format=layout)
-            started = time.perf_counter()
-            run()
-            seconds[name].append(round(time.perf_counter() - started, 3))
-    return seconds
-
-
-def outputs_in_layouts(model: torch.nn.Module, run: Callable[[], list[np.ndarray]]) -> float:
-    """The largest absolute difference between ``run``'s outputs in the two layouts."""
-    model.to(memory_format=torch.contiguous_format)
-    contiguous = run()
-    model.to(memory_format=torch.channels_last)
-    channels_last = run()
-    if [a.shape for a in contiguous] != [b.shape for b in channels_last]:
-        return float("inf")  # a box more or fewer
-    return max((float(np.abs(a - b).max(initial=0.0)) for a, b in zip(contiguous, channels_last, strict=True)),
-               default=0.0)  # fmt: skip
-
-
-def speed_up(seconds: dict[str, list[float]]) -> float:
-    """How many times faster channels-last ran, from the median seconds of each layout."""
-    return round(statistics.median(seconds["contiguous"]) / statistics.median(seconds["channels_last"]), 3)
-
-
-def summary(path: str, seconds: dict[str, list[float]], images: int, difference: float) -> dict[str, Any]:
-    return {
-        "path": path,
-        "seconds_per_round": seconds,
-        "xrays_per_second": {name: round(images / statistics.median(values), 3) for name, values in seconds.items()},
-        "speed_up": speed_up(seconds),
-        "largest_output_difference": difference,
-    }
-
-
-def detector_paths(images: list[Image.Image], rounds: int) -> list[dict[str, Any]]:
-    version = open_store(Path(tempfile.mkdtemp(prefix="layout-")) / "models").current()
-    predictor = Predictor.from_version(version, CPU)
-
-    def scoring_pass() -> None:
-        predictor.predict(images, batch_size=8)
-        predictor.embed(images, batch_size=8)
-        predictor.predict_augmented(images, batch_size=8)
-
-    def boxes_and_scores() -> list[np.ndarray]:
-        predictions = predictor.predict(images[:8], batch_size=8)
-        return [p.boxes for p in predictions] + [p.scores for p in predictions]
-
-    difference = outputs_in_layouts(predictor.model, boxes_and_scores)
-    return [
-        summary(f"shipped detector {version.name}, one X-ray per call",
-                timed_layouts(predictor.model, lambda: predictor.predict(images, batch_size=1), rounds), len(images),
-                difference),
-        summary(f"shipped detector {version.name}, scoring pass (predict, embed, 2 TTA views; batch 8)",
-                timed_layouts(predictor.model, scoring_pass, rounds), len(images), difference),
-    ]  # fmt: skip
+LAYOUTS: Arms = {
+    "contiguous": partial(torch.nn.Module.to, memory_format=torch.contiguous_format),
+    "channels_last": partial(torch.nn.Module.to, memory_format=torch.channels_last),
+}
 
 
 def mask_paths(images: list[Image.Image], rounds: int) -> list[dict[str, Any]]:
@@ -180,10 +74,10 @@ def mask_paths(images: list[Image.Image], rounds: int) -> list[dict[str, Any]]:
         def probabilities(predictor: MaskPredictor = predictor) -> list[np.ndarray]:
             return [np.array([p.probability for p in predictor.predict(images[:8], batch_size=8)])]
 
-        difference = outputs_in_layouts(predictor.model, probabilities)
-        seconds = timed_layouts(predictor.model, lambda predictor=predictor: predictor.predict(images, batch_size=8),
-                                rounds)  # fmt: skip
-        results.append(summary(f"{name} ({arch.task}), batch 8", seconds, len(images), difference))
+        difference = output_difference(predictor.model, LAYOUTS, probabilities)
+        seconds = timed_arms(predictor.model, LAYOUTS,
+                             lambda predictor=predictor: predictor.predict(images, batch_size=8), rounds)  # fmt: skip
+        results.append(summary(f"{name} ({arch.task}), batch 8", seconds, len(images), difference, LAYOUTS))
         print(json.dumps(results[-1]), flush=True)
     return results
 
@@ -208,10 +102,11 @@ def mask_training_paths(data: Path, steps: int, rounds: int) -> list[dict[str, A
         optimizer = torch.optim.AdamW(model.parameters(), lr=arch.lr)
         loss_of = loss_function(config)
 
-        seconds = timed_layouts(model, partial(train_steps, model, optimizer, loss_of, (images, masks, labels), steps),
-                                rounds)  # fmt: skip
+        seconds = timed_arms(model, LAYOUTS,
+                             partial(train_steps, model, optimizer, loss_of, (images, masks, labels), steps),
+                             rounds)  # fmt: skip
         results.append({"path": f"training {name} ({arch.task}), {steps} steps of batch 8",
-                        "seconds_per_round": seconds, "speed_up": speed_up(seconds)})  # fmt: skip
+                        "seconds_per_round": seconds, "speed_up": speed_up(seconds, LAYOUTS)})  # fmt: skip
         print(json.dumps(results[-1]), flush=True)
     return results
 
@@ -235,11 +130,11 @@ def main() -> None:
         })  # fmt: skip
         return
 
-    training = training_speed(args.data, args.train_seconds, args.rounds)
+    training = training_speed(args.data, args.train_seconds, args.rounds, LAYOUTS)
     print(json.dumps(training), flush=True)
     names = [image["file_name"] for image in json.loads((args.data / "test.json").read_text())["images"]]
     images = [load_image(args.data / "images" / name) for name in names[: args.images]]
-    detector = detector_paths(images, args.rounds)
+    detector = shipped_detector_paths(images, args.rounds, LAYOUTS)
     for result in detector:
         print(json.dumps(result), flush=True)
     report = {
