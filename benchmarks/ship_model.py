@@ -136,9 +136,10 @@ Weights: `{content['file']}`, half precision, SHA-256 `{content['sha256']}` (che
 it is installed into a model store and every time it is loaded).
 
 ## Test metrics (FracAtlas test, bootstrap 95% intervals over the 132 X-rays)
-Sensitivity and specificity are image-level, on the X-ray's best box score, at the display threshold
-{content['metrics']['threshold']:.3f}: the box score maximising box F1 on FracAtlas val, which the
-backend shows boxes from unless a deployment or label config sets its own.
+Sensitivity and specificity are image-level: whether the X-ray is shown a box at the display
+threshold {content['metrics']['threshold']:.3f}, the box score maximising box F1 on FracAtlas val, which the
+backend shows boxes from unless a deployment or label config sets its own. AUROC ranks the X-rays by
+their fracture probability, the noisy-OR of their box scores.
 
 | metric | value | 95% interval |
 |---|---|---|

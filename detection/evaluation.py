@@ -1,7 +1,10 @@
 """Detection metrics (COCO mAP through pycocotools) and image-level "fracture present" metrics.
 
 The image-level view is what a reading radiologist cares about first: does the model flag the
-X-ray at all? Its score is the highest box score on the image (0 without boxes).
+X-ray at all? Two questions, two numbers: how likely the X-ray is to show a fracture (the noisy-OR
+of its box scores, :func:`detection.image_score.fracture_probability`: AUROC, and the call at a
+probability), and whether a box is shown on it at a display threshold (its best box score:
+sensitivity and specificity at the operating threshold, what an annotator sees).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 from fracture_al.detection.bootstrap import bootstrap_interval
 from fracture_al.detection.coco import xyxy_to_xywh
 from fracture_al.detection.data import CocoFile
+from fracture_al.detection.image_score import fracture_probability
 
 COCO_STAT_NAMES = {0: "mAP", 1: "mAP50", 2: "mAP75", 8: "AR100"}
 
@@ -94,16 +98,15 @@ def _coco_api(content: dict[str, Any]) -> COCO:
 
 
 def image_scores(predictions: Sequence[dict[str, Any]]) -> dict[int, float]:
-    """Highest box score per image: the model's belief that the X-ray shows a fracture."""
-    return {
-        prediction["image_id"]: float(np.asarray(prediction["scores"]).max(initial=0.0)) for prediction in predictions
-    }
+    """Each image's fracture probability (:func:`fracture_probability` of its box scores)."""
+    return {prediction["image_id"]: fracture_probability(prediction["scores"]) for prediction in predictions}
 
 
 def image_level_metrics(
     coco: CocoFile, predictions: Sequence[dict[str, Any]], *, threshold: float = 0.5
 ) -> dict[str, float | None]:
-    """Accuracy, sensitivity, specificity at ``threshold`` and AUROC of the image score."""
+    """Accuracy, sensitivity and specificity of calling an X-ray fractured when its fracture
+    probability reaches ``threshold``, and the AUROC of that probability."""
     has_fracture = {record.image_id: bool(record.boxes) for record in coco.images}
     scores = image_scores(predictions)
     truth = np.array([has_fracture[image_id] for image_id in scores])
@@ -134,6 +137,12 @@ class ImageMatches:
 
     @property
     def image_score(self) -> float:
+        """The X-ray's fracture probability."""
+        return fracture_probability(self.scores)
+
+    @property
+    def top_score(self) -> float:
+        """Its best box score: a box is shown on it at any display threshold up to this."""
         return float(self.scores.max(initial=0.0))
 
 
@@ -215,21 +224,23 @@ def operating_threshold(images: Sequence[ImageMatches], *, floor: float = 0.05) 
 
 
 def sensitivity_at(images: Sequence[ImageMatches], threshold: float) -> float | None:
-    """Share of X-rays with a fracture whose best box scores at least ``threshold``."""
+    """Share of X-rays with a fracture shown a box at display threshold ``threshold``."""
     fractured = [image for image in images if image.boxes]
     if not fractured:
         return None
-    return sum(image.image_score >= threshold for image in fractured) / len(fractured)
+    return sum(image.top_score >= threshold for image in fractured) / len(fractured)
 
 
 def specificity_at(images: Sequence[ImageMatches], threshold: float) -> float | None:
+    """Share of X-rays without a fracture shown no box at display threshold ``threshold``."""
     healthy = [image for image in images if not image.boxes]
     if not healthy:
         return None
-    return sum(image.image_score < threshold for image in healthy) / len(healthy)
+    return sum(image.top_score < threshold for image in healthy) / len(healthy)
 
 
 def auroc_of(images: Sequence[ImageMatches]) -> float | None:
+    """AUROC of the X-rays' fracture probability."""
     truth = [bool(image.boxes) for image in images]
     if all(truth) or not any(truth):
         return None

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from fracture_al.detection.image_score import fracture_probability
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.model_files import load_model, to_device
 from fracture_al.detection.shipped_model import verify_version
@@ -28,8 +29,8 @@ class ImagePrediction:
 
     @property
     def image_score(self) -> float:
-        """The model's belief that the X-ray shows a fracture: its best box score."""
-        return float(self.scores.max()) if len(self.scores) else 0.0
+        """The model's probability that the X-ray shows a fracture (:func:`fracture_probability`)."""
+        return fracture_probability(self.scores)
 
     def above(self, threshold: float) -> ImagePrediction:
         keep = self.scores >= threshold

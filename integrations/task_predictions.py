@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class TaskPrediction:
     task_id: Any
     model_version: str
-    score: float  # the image score: the best box's score, before any display threshold
+    score: float  # the X-ray's fracture probability from all its boxes, before any display threshold
     regions: list[dict[str, Any]]
     error: str | None = None  # why the task has no prediction (image missing, refused, corrupt)
     signals: TaskSignals | None = None  # what the review queue ranks by, when asked for

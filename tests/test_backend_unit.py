@@ -320,7 +320,7 @@ def test_masks_and_the_call_come_from_the_segmenter_beside_the_detector_s_boxes(
         '<Choices name="call" toName="xray"></Choices>', "")  # fmt: skip
     reply = client.post("/predict", json={"tasks": [task], "project": "1.1", "label_config": brush_only})
     assert reply.status_code == 503 and "train --task segmentation" in reply.json["error"]
-    # Without a segmenter the call still comes, from the detector's best box score.
+    # Without a segmenter the call still comes, from the detector's fracture probability.
     reply = client.post("/predict", json={"tasks": [task], "project": "1.1", "label_config": MASK_CONFIG})
     assert reply.json["model_version"] == "v0001"
     assert [r["type"] for r in reply.json["results"][0]["result"]] == ["choices"]

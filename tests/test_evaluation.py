@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fracture_al.detection.data import CocoFile
-from fracture_al.detection.evaluation import evaluate_predictions
+from fracture_al.detection.evaluation import evaluate_predictions, metrics_with_intervals
 
 # Four 100x100 X-rays: two with one fracture each, two without.
 TRUTH = {1: [10, 10, 50, 50], 2: [20, 30, 60, 70]}
@@ -119,3 +119,23 @@ def test_operating_threshold_maximises_box_f1() -> None:
     assert operating_threshold([_matches(1, 0, [(0.9, False)])]) is None  # nothing to find
     assert operating_threshold([_matches(1, 1, [(0.9, False)])]) is None  # nothing found
     assert operating_threshold([_matches(1, 1, [(0.01, True)])]) is None  # only under the floor
+
+
+def test_auroc_ranks_by_all_boxes_while_a_box_is_shown_by_its_own_score(coco: CocoFile) -> None:
+    # Fractured X-rays 1 and 2 carry two moderate boxes each (fracture probability 1 - 0.6^2 =
+    # 0.64); healthy X-ray 3 one box at 0.55, X-ray 4 none. By the best box alone the healthy 0.55
+    # would outrank both fractures (AUROC 0.5); by all boxes every fracture ranks first.
+    predictions = [
+        prediction(1, [TRUTH[1], [70, 70, 90, 90]], [0.4, 0.4]),
+        prediction(2, [TRUTH[2], [70, 5, 95, 25]], [0.4, 0.4]),
+        prediction(3, [[5, 5, 30, 30]], [0.55]),
+        prediction(4, [], []),
+    ]
+    metrics = evaluate_predictions(coco, predictions, image_threshold=0.6)
+    assert metrics["auroc"] == pytest.approx(1.0)
+    # The call at probability 0.6 flags both fractures (0.64) and neither healthy X-ray.
+    assert metrics["sensitivity"] == 1.0 and metrics["specificity"] == 1.0
+    # At display threshold 0.5 no fracture is shown a box, and the healthy X-ray 3 is.
+    intervals = metrics_with_intervals(coco, predictions, threshold=0.5, resamples=50)
+    assert intervals["sensitivity"]["value"] == 0.0 and intervals["specificity"]["value"] == 0.5
+    assert intervals["auroc"]["value"] == pytest.approx(1.0)

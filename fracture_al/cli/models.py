@@ -298,7 +298,7 @@ def _box_runner(version, device, threshold: float | None, settings):
     def predict_one(image, overlay: Path | None) -> dict[str, Any]:
         raw = predictor.predict([image])[0]
         prediction = raw.above(threshold)
-        # The X-ray's score is its best box's, shown or not: a fracture scored 0.4 is not "0.000".
+        # The X-ray's probability counts every box, shown or not: a fracture scored 0.4 is not "0.000".
         entry = {**prediction.to_dict(), "image_score": raw.image_score, "probability": raw.image_score}
         if overlay is not None:
             entry["overlay"] = str(draw_overlay(image, prediction.boxes, prediction.scores, overlay,
