@@ -4,8 +4,8 @@ segmenter's mask as brush or polygon regions, the X-ray's call as a choice.
 The call comes from the classifier when one is served, else from the segmenter's highest pixel
 probability, else from the detector's fracture probability (the noisy-OR of its box scores; the
 derived image-level classifiers of the study), so a Choices control is answered by whatever the
-deployment has. The scoring jobs also
-measure, per X-ray, the segmenter's mask uncertainty the review queue ranks by.
+deployment has. The scoring jobs also measure, per X-ray, the segmenter's mask uncertainty the
+review queue ranks by.
 """
 
 from __future__ import annotations
