@@ -77,6 +77,7 @@ ACQUISITIONS: dict[str, tuple[Uncertainty, Strategy] | None] = {
     "entropy": ("entropy", "uncertainty"),
     "least_confidence": ("least_confidence", "uncertainty"),
     "margin": ("margin", "uncertainty"),
+    "image_entropy": ("image_entropy", "uncertainty"),
     "tta": ("tta", "uncertainty"),
     "cald": ("cald", "uncertainty"),
     "hard_negative": ("hard_negative", "uncertainty"),

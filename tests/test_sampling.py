@@ -13,6 +13,7 @@ from fracture_al.sampling.uncertainty import (
     binary_entropy,
     box_iou,
     cald_consistency,
+    image_entropy,
     image_uncertainty,
     least_confidence,
     localization_instability,
@@ -29,7 +30,7 @@ def test_box_uncertainties_peak_at_one_half_and_vanish_at_certainty() -> None:
         assert values[1] == pytest.approx(values[3])  # symmetric in p and 1 - p
 
 
-@pytest.mark.parametrize("method", ["least_confidence", "entropy", "margin"])
+@pytest.mark.parametrize("method", ["least_confidence", "entropy", "margin", "image_entropy"])
 def test_mid_score_candidates_make_an_x_ray_uncertain(method: str) -> None:
     confident_fracture = np.array([0.97, 0.02])
     confident_negative = np.array([])  # no candidate box at all
@@ -40,6 +41,23 @@ def test_mid_score_candidates_make_an_x_ray_uncertain(method: str) -> None:
     )
     assert ranking[0][0] == "hesitant"
     assert image_uncertainty(confident_negative, method) == 0.0
+
+
+def test_image_entropy_is_the_entropy_of_the_x_rays_fracture_probability() -> None:
+    assert image_entropy(np.array([0.5])) == pytest.approx(1.0)
+    # Two boxes at 0.5: fracture probability 0.75, entropy -(0.75 log2 0.75 + 0.25 log2 0.25).
+    assert image_entropy(np.array([0.5, 0.5])) == pytest.approx(0.8112781, abs=1e-6)
+    assert image_entropy(np.array([])) == 0.0 and image_entropy(np.array([1.0, 0.3])) == 0.0
+    assert image_uncertainty(np.array([0.5, 0.5]), "image_entropy", "sum") == image_entropy(np.array([0.5, 0.5]))
+
+
+def test_image_entropy_adds_up_faint_candidates_that_box_entropy_sees_one_at_a_time() -> None:
+    faint = np.array([0.15, 0.15, 0.15, 0.15])  # fracture probability 1 - 0.85^4 = 0.478: a coin toss
+    one_box = np.array([0.7])
+    agreeing = np.array([0.6, 0.6, 0.6])  # 0.936: three boxes make the call confident
+    assert image_uncertainty(one_box, "entropy") > image_uncertainty(faint, "entropy")
+    assert image_entropy(faint) > image_entropy(one_box) > image_entropy(agreeing)
+    assert image_uncertainty(agreeing, "entropy") > image_uncertainty(one_box, "entropy")
 
 
 def test_aggregations() -> None:
@@ -244,6 +262,14 @@ def test_mask_uncertainty_on_built_maps() -> None:
     assert mask_dice(hesitant > 0.9, hesitant > 0.9) == 1.0  # both empty: they agree
     assert mask_uncertainty(confident, confident) == pytest.approx(mask_uncertainty(confident) / 2)
     assert mask_uncertainty(confident, moved) == pytest.approx((mask_uncertainty(confident) + 1.0) / 2)
+
+
+def test_queue_by_image_entropy_ranks_the_coin_toss_x_ray_first() -> None:
+    from fracture_al.sampling.queue import rank_tasks
+
+    signals = [_signals(1, [0.7]), _signals(2, [0.15] * 4), _signals(3, []), _signals(4, [0.6, 0.6, 0.6])]
+    queue = rank_tasks(signals, uncertainty="image_entropy", strategy="uncertainty")
+    assert [e.task_id for e in queue] == [2, 1, 4, 3]
 
 
 def test_hard_negative_priority_puts_the_x_rays_where_the_model_fires_first() -> None:
