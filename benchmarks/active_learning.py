@@ -29,7 +29,7 @@ benchmarks/reported/active_learning_gpu/ holds; benchmarks/gpu/launch.sh runs it
 model ``few_label_finetune --stage source --recipe cpu --epochs 10``):
     AL="python -m benchmarks.active_learning --candidates 120 --batch 20 --rounds 6"
     $AL --rounds 0 --strategies random --seeds 0 1 2 --full-pool skip    # round 0's shared scores
-    for s in 0 1 2; do for a in random entropy tta entropy_k_center cald hard_negative; do
+    for s in 0 1 2; do for a in random entropy image_entropy tta entropy_k_center cald hard_negative; do
       $AL --strategies $a --seeds $s --full-pool skip & done; done; $AL --full-pool only --seeds 0; wait
     $AL --report
 The full setting (all of the pool scored every round, 8 rounds of 25, 5 seeds) is the same with
@@ -425,9 +425,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20, help="X-rays labelled per round")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--candidates", type=int, default=120, help="pool X-rays scored per round (0 = all)")
-    parser.add_argument("--strategies", nargs="+",
-                        default=["random", "entropy", "tta", "entropy_k_center", "cald", "hard_negative"],
-                        choices=ACQUISITIONS)  # fmt: skip
+    parser.add_argument("--strategies", nargs="+", choices=ACQUISITIONS,
+                        default=["random", "entropy", "image_entropy", "tta", "entropy_k_center", "cald",
+                                 "hard_negative"])  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--full-pool", choices=["after", "skip", "only"], default="after",
                         help="the full-pool reference model: after the strategies, not at all, or alone")  # fmt: skip

@@ -19,7 +19,8 @@ if [ -n "${SMOKE:-}" ]; then
     STRATEGIES="random cald" SEGMENTATION_MINUTES=0.1 IMAGE_SIZE=64 NETWORKS="unet vit"
 else
   DETECTOR_MINUTES=17 DETECTOR_EPOCHS=40 SOURCE_EPOCHS=10 ROUNDS=6 CANDIDATES=120 BATCH=20 SEEDS="0 1 2" \
-    STRATEGIES="random entropy tta entropy_k_center cald hard_negative" SEGMENTATION_MINUTES=14 IMAGE_SIZE=384 \
+    STRATEGIES="random entropy image_entropy tta entropy_k_center cald hard_negative" SEGMENTATION_MINUTES=14 \
+    IMAGE_SIZE=384 \
     NETWORKS="unet attention_unet r2_unet swin_unetr mobilenet_v2 vit"
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl
   mkdir -p "$WORK/torch/hub/checkpoints"
