@@ -30,7 +30,7 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 from benchmarks.predictions import expand
 from fracture_al.detection.bootstrap import bootstrap_interval, paired_difference
 from fracture_al.detection.data import CocoFile
-from fracture_al.detection.evaluation import ImageMatches, auroc_of, match_detections
+from fracture_al.detection.evaluation import auroc_of, match_detections
 from fracture_al.detection.image_score import fracture_probability
 from fracture_al.detection.model_files import load_model
 from fracture_al.detection.shipped_model import verified_weights
@@ -72,18 +72,11 @@ def rule_table(coco: CocoFile, predictions: list[dict[str, Any]]) -> dict[str, d
     return table
 
 
-def auroc_by(images: list[ImageMatches], rule: Callable[[np.ndarray], float]) -> float | None:
-    truth = [bool(image.boxes) for image in images]
-    if all(truth) or not any(truth):
-        return None
-    return float(roc_auc_score(truth, [rule(image.scores) for image in images]))
-
-
 def chosen_against_best_box(coco: CocoFile, predictions: list[dict[str, Any]]) -> dict[str, Any]:
     """Test AUROC by the best box and by the chosen rule, each with its interval, and their paired
     difference."""
     images = match_detections(coco, predictions)
-    best_box = partial(auroc_by, rule=RULES["best box"])
+    best_box = partial(auroc_of, rule=RULES["best box"])
     return {
         "best box": bootstrap_interval(images, best_box).to_dict(),
         CHOSEN: bootstrap_interval(images, auroc_of).to_dict(),

@@ -29,6 +29,7 @@ from scipy.stats import binomtest
 from tqdm import tqdm
 
 from benchmarks.active_learning import ACQUISITIONS, queue_order
+from benchmarks.image_score_rules import CHOSEN, RULES
 from fracture_al.detection.data import CocoFile
 from fracture_al.detection.images import load_image
 from fracture_al.detection.model_files import load_model
@@ -39,10 +40,8 @@ from fracture_al.sampling.queue import TaskSignals
 
 CALL_THRESHOLD = 0.5
 TOPS = (0.1, 0.2)
-CALLS = {
-    "fracture probability": lambda p: p.image_score,
-    "best box": lambda p: float(p.scores.max(initial=0.0)),
-}
+# Each image-level call's score, from the X-ray's box scores.
+CALLS = {"fracture probability": RULES[CHOSEN], "best box": RULES["best box"]}
 
 
 def score_pool(model_file: Path, data: Path, splits: list[str], batch: int) -> dict[str, Any]:
@@ -64,7 +63,7 @@ def score_pool(model_file: Path, data: Path, splits: list[str], batch: int) -> d
 
 def mistakes_by_call(pool: dict[str, Any]) -> dict[str, list[int]]:
     return {name: [i for i, (p, truth) in enumerate(zip(pool["predictions"], pool["fractured"], strict=True))
-                   if (call(p) >= CALL_THRESHOLD) != truth]
+                   if (call(p.scores) >= CALL_THRESHOLD) != truth]
             for name, call in CALLS.items()}  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,11 +136,6 @@ class ImageMatches:
     matched: np.ndarray  # bool per detection: a true positive at the IoU threshold
 
     @property
-    def image_score(self) -> float:
-        """The X-ray's fracture probability."""
-        return fracture_probability(self.scores)
-
-    @property
     def top_score(self) -> float:
         """Its best box score: a box is shown on it at any display threshold up to this."""
         return float(self.scores.max(initial=0.0))
@@ -239,12 +234,15 @@ def specificity_at(images: Sequence[ImageMatches], threshold: float) -> float | 
     return sum(image.top_score < threshold for image in healthy) / len(healthy)
 
 
-def auroc_of(images: Sequence[ImageMatches]) -> float | None:
-    """AUROC of the X-rays' fracture probability."""
+def auroc_of(
+    images: Sequence[ImageMatches], rule: Callable[[np.ndarray], float] = fracture_probability
+) -> float | None:
+    """AUROC of the X-rays' image score, ``rule`` of their box scores (their fracture probability
+    unless told otherwise); None without both fractured and healthy X-rays."""
     truth = [bool(image.boxes) for image in images]
     if all(truth) or not any(truth):
         return None
-    return float(roc_auc_score(truth, [image.image_score for image in images]))
+    return float(roc_auc_score(truth, [rule(image.scores) for image in images]))
 
 
 def metrics_with_intervals(
