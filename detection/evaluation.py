@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 from fracture_al.detection.bootstrap import bootstrap_interval
 from fracture_al.detection.coco import xyxy_to_xywh
 from fracture_al.detection.data import CocoFile
-from fracture_al.detection.image_score import fracture_probability
+from fracture_al.detection.image_score import UNCALIBRATED, ProbabilityCalibration, fracture_probability
 
 COCO_STAT_NAMES = {0: "mAP", 1: "mAP50", 2: "mAP75", 8: "AR100"}
 
@@ -32,12 +32,15 @@ COCO_STAT_NAMES = {0: "mAP", 1: "mAP50", 2: "mAP75", 8: "AR100"}
 def evaluate_predictions(
     coco: CocoFile, predictions: Sequence[dict[str, Any]], *, image_threshold: float = 0.5
 ) -> dict[str, float | None]:
-    """All metrics for ``predictions`` (one per image, as from ``engine.predict_batches``), and the
-    box-score threshold that should display them (:func:`operating_threshold`)."""
+    """All metrics for ``predictions`` (one per image, as from ``engine.predict_batches``), and what
+    a version evaluated on these X-rays (its validation set) serves with: the box-score threshold
+    that should display its boxes (:func:`operating_threshold`) and the calibration of its fracture
+    probability (:func:`probability_calibration`)."""
     return {
         **coco_detection_metrics(coco, predictions),
         **image_level_metrics(coco, predictions, threshold=image_threshold),
         "operating_threshold": operating_threshold(match_detections(coco, predictions)),
+        "probability_calibration": probability_calibration(coco, predictions),
     }
 
 
@@ -100,6 +103,15 @@ def _coco_api(content: dict[str, Any]) -> COCO:
 def image_scores(predictions: Sequence[dict[str, Any]]) -> dict[int, float]:
     """Each image's fracture probability (:func:`fracture_probability` of its box scores)."""
     return {prediction["image_id"]: fracture_probability(prediction["scores"]) for prediction in predictions}
+
+
+def probability_calibration(coco: CocoFile, predictions: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """The :class:`ProbabilityCalibration` fitted to these X-rays' fracture probabilities and truth,
+    as stored with a version's metrics; None where it cannot be fitted."""
+    has_fracture = {record.image_id: bool(record.boxes) for record in coco.images}
+    scores = image_scores(predictions)
+    fitted = ProbabilityCalibration.fit(list(scores.values()), [has_fracture[image_id] for image_id in scores])
+    return fitted.to_dict() if fitted else None
 
 
 def image_level_metrics(
@@ -243,6 +255,48 @@ def auroc_of(
     if all(truth) or not any(truth):
         return None
     return float(roc_auc_score(truth, [rule(image.scores) for image in images]))
+
+
+def _probabilities_and_truth(
+    images: Sequence[ImageMatches], calibration: ProbabilityCalibration
+) -> tuple[np.ndarray, np.ndarray]:
+    probability = np.array([calibration(fracture_probability(image.scores)) for image in images])
+    return probability, np.array([bool(image.boxes) for image in images])
+
+
+def brier_of(images: Sequence[ImageMatches], calibration: ProbabilityCalibration = UNCALIBRATED) -> float | None:
+    """Brier score of the X-rays' (calibrated) fracture probability: the mean squared distance to
+    the truth, 0 for certain and right, 0.25 for always one half (Brier, Monthly Weather Review, 1950)."""
+    if not images:
+        return None
+    probability, truth = _probabilities_and_truth(images, calibration)
+    return float(np.mean((probability - truth) ** 2))
+
+
+def calibration_error_of(
+    images: Sequence[ImageMatches], calibration: ProbabilityCalibration = UNCALIBRATED, *, bins: int = 10
+) -> float | None:
+    """Expected calibration error of the X-rays' (calibrated) fracture probability: over ``bins``
+    equal-width bins, the X-ray-weighted gap between the mean probability and the share fractured
+    (Naeini, Cooper & Hauskrecht, "Obtaining Well Calibrated Probabilities Using Bayesian
+    Binning", AAAI 2015; Guo et al., ICML 2017)."""
+    if not images:
+        return None
+    probability, truth = _probabilities_and_truth(images, calibration)
+    which = np.minimum((probability * bins).astype(int), bins - 1)
+    gaps = [abs(probability[which == b].mean() - truth[which == b].mean()) * np.sum(which == b)
+            for b in range(bins) if np.any(which == b)]  # fmt: skip
+    return float(np.sum(gaps) / len(images))
+
+
+def call_accuracy_of(
+    images: Sequence[ImageMatches], calibration: ProbabilityCalibration = UNCALIBRATED, *, threshold: float = 0.5
+) -> float | None:
+    """Share of X-rays called right when the call is "fractured" at (calibrated) probability >= ``threshold``."""
+    if not images:
+        return None
+    probability, truth = _probabilities_and_truth(images, calibration)
+    return float(np.mean((probability >= threshold) == truth))
 
 
 def metrics_with_intervals(

@@ -16,12 +16,27 @@ excludes 0 for 16 of them; ``benchmarks/reported/image_score_rules.json`` and ``
 lower on test (0.142 against 0.147): no less calibrated a probability.
 
 Whether a box is *shown* stays a question of each box's own score against the display threshold.
+
+The noisy-OR treats overlapping boxes on one fracture as independent witnesses, so it runs
+overconfident: the shipped detector's X-rays scored 0.5 to 0.9 on FracAtlas val + test were
+fractured in 39% and 61% of cases (``benchmarks/reported/queue_mistakes_shipped.json``). Each model
+version therefore maps it through its own :class:`ProbabilityCalibration`, fitted on the
+version's validation X-rays, before anyone reads it as a probability.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.special import expit, logit
+from sklearn.linear_model import LogisticRegression
+
+# Probabilities are clipped this far from 0 and 1 before their logit: an X-ray without boxes
+# (probability 0) stays the least likely, not minus infinity.
+LOGIT_CLIP = 1e-6
 
 
 def fracture_probability(scores: ArrayLike) -> float:
@@ -31,3 +46,58 @@ def fracture_probability(scores: ArrayLike) -> float:
     # a box scored 1 gives log(0) = -inf and so probability 1.
     with np.errstate(divide="ignore"):
         return float(-np.expm1(np.log1p(-p).sum()))
+
+
+@dataclass(frozen=True)
+class ProbabilityCalibration:
+    """Platt scaling of the fracture probability: sigmoid(slope x logit(p) + intercept).
+
+    Platt, "Probabilistic Outputs for Support Vector Machines", 1999; for a network's scores,
+    Niculescu-Mizil & Caruana, "Predicting Good Probabilities with Supervised Learning", ICML 2005,
+    and Guo et al., "On Calibration of Modern Neural Networks", ICML 2017 (temperature scaling is
+    its intercept-free case). Two parameters, so a project's small frozen validation set can fit
+    it; monotone with a positive slope, so it never reorders X-rays (AUROC is unchanged) and only
+    moves where the call at one half falls and what the number means. The identity is slope 1,
+    intercept 0.
+    """
+
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    def __call__(self, probability: float) -> float:
+        if self.slope == 1.0 and self.intercept == 0.0:
+            return float(probability)
+        clipped = np.clip(probability, LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+        return float(expit(self.slope * logit(clipped) + self.intercept))
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> ProbabilityCalibration:
+        """The stored calibration, or the identity where none was fitted."""
+        return cls(**values) if values else cls()
+
+    @classmethod
+    def fit(cls, probabilities: ArrayLike, fractured: ArrayLike) -> ProbabilityCalibration | None:
+        """Platt's fit to X-rays whose truth is known, with his smoothed targets (fractured
+        (N+ + 1) / (N+ + 2), healthy 1 / (N- + 2)), which keep a few X-rays from fitting a step.
+        None without both fractured and healthy X-rays, or when the probability falls as fractures
+        become likelier (slope <= 0): on such a set the scores carry no ranking worth keeping."""
+        p = np.clip(np.asarray(probabilities, dtype=float).ravel(), LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+        truth = np.asarray(fractured, dtype=bool).ravel()
+        positives, negatives = int(truth.sum()), int((~truth).sum())
+        if not positives or not negatives:
+            return None
+        targets = np.where(truth, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+        # Soft targets as two weighted hard copies of each X-ray: the same log-loss Platt minimises.
+        features = np.concatenate([logit(p), logit(p)])[:, None]
+        labels = np.concatenate([np.ones(len(p)), np.zeros(len(p))])
+        weights = np.concatenate([targets, 1.0 - targets])
+        model = LogisticRegression(C=np.inf).fit(features, labels, sample_weight=weights)
+        slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
+        return cls(slope, intercept) if slope > 0 else None
+
+
+# The identity: what a version without a fitted calibration serves.
+UNCALIBRATED = ProbabilityCalibration()

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from fracture_al.detection.image_score import fracture_probability
+from fracture_al.detection.image_score import UNCALIBRATED, ProbabilityCalibration, fracture_probability
 from fracture_al.detection.model import ModelConfig
 from fracture_al.detection.model_files import load_model, to_device
 from fracture_al.detection.shipped_model import verify_version
@@ -26,11 +26,13 @@ class ImagePrediction:
     boxes: np.ndarray  # (N, 4) xyxy pixels, highest score first
     scores: np.ndarray  # (N,)
     class_names: list[str]  # (N,)
+    calibration: ProbabilityCalibration = UNCALIBRATED  # the version's own
 
     @property
     def image_score(self) -> float:
-        """The model's probability that the X-ray shows a fracture (:func:`fracture_probability`)."""
-        return fracture_probability(self.scores)
+        """The model's probability that the X-ray shows a fracture: :func:`fracture_probability` of
+        its boxes, through the version's calibration."""
+        return self.calibration(fracture_probability(self.scores))
 
     def above(self, threshold: float) -> ImagePrediction:
         keep = self.scores >= threshold
@@ -40,6 +42,7 @@ class ImagePrediction:
             self.boxes[keep],
             self.scores[keep],
             [name for name, kept in zip(self.class_names, keep, strict=True) if kept],
+            self.calibration,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,18 +65,20 @@ class Predictor:
         device: torch.device,
         version: str,
         operating_threshold: float | None = None,
+        calibration: ProbabilityCalibration = UNCALIBRATED,
     ):
         self.model = to_device(model, config, device).eval()
         self.config = config
         self.device = device
         self.version = version
         self.operating_threshold = operating_threshold  # the version's own display threshold, if calibrated
+        self.calibration = calibration  # of its fracture probability, fitted on its validation X-rays
 
     @classmethod
     def from_version(cls, version: ModelVersion, device: torch.device) -> Predictor:
         verify_version(version)
         model, config = load_model(version.weights_path, device)
-        return cls(model, config, device, version.name, version.operating_threshold)
+        return cls(model, config, device, version.name, version.operating_threshold, version.probability_calibration)
 
     @torch.inference_mode()
     def predict(self, images: Sequence[Image.Image], *, batch_size: int = 8) -> list[ImagePrediction]:
@@ -134,4 +139,5 @@ class Predictor:
             boxes=output["boxes"].float().cpu().numpy(),
             scores=output["scores"].float().cpu().numpy(),
             class_names=[self.config.class_names[label - 1] for label in labels],
+            calibration=self.calibration,
         )

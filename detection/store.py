@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fracture_al.detection.image_score import ProbabilityCalibration
+
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 MODEL_FILE = "model.pt"
 
@@ -70,6 +72,12 @@ class ModelVersion:
         """The box-score threshold calibrated on the version's validation X-rays
         (detection.evaluation.operating_threshold); None if it had none to calibrate on."""
         return (self.metrics.get("validation") or {}).get("operating_threshold")
+
+    @property
+    def probability_calibration(self) -> ProbabilityCalibration:
+        """How the version's fracture probability is calibrated, as fitted on its validation X-rays
+        (detection.evaluation.probability_calibration); the identity where it had none to fit on."""
+        return ProbabilityCalibration.from_dict((self.metrics.get("validation") or {}).get("probability_calibration"))
 
     @property
     def provenance(self) -> dict[str, Any]:

@@ -193,8 +193,9 @@ def measure_signals(
     with_tta: bool,
     batch_size: int = 8,
 ) -> list[TaskSignals]:
-    """What the review queue ranks each image by: its candidate box scores, its backbone embedding
-    and, ``with_tta``, its localisation instability and CALD consistency (two more passes per image)."""
+    """What the review queue ranks each image by: its candidate box scores, its fracture
+    probability, its backbone embedding and, ``with_tta``, its localisation instability and CALD
+    consistency (two more passes per image)."""
     embeddings = predictor.embed(images, batch_size=batch_size)
     instabilities: list[float | None] = [None] * len(images)
     consistencies: list[float | None] = [None] * len(images)
@@ -205,6 +206,7 @@ def measure_signals(
         consistencies = [cald_consistency(p.boxes, p.scores, augmented) for p, augmented in pairs]
     measured = zip(task_ids, predictions, instabilities, consistencies, embeddings, strict=True)
     return [
-        TaskSignals(task_id, [float(s) for s in prediction.scores], instability, vector.tolist(), consistency)
+        TaskSignals(task_id, [float(s) for s in prediction.scores], instability, vector.tolist(), consistency,
+                    fracture_probability=prediction.image_score)
         for task_id, prediction, instability, consistency, vector in measured
     ]

@@ -16,7 +16,7 @@ import numpy as np
 from fracture_al.sampling.choices import Aggregation, Strategy, Uncertainty
 from fracture_al.sampling.control_arm import QUEUE_ARM, interleave_random_arm
 from fracture_al.sampling.diversity import review_order
-from fracture_al.sampling.uncertainty import image_uncertainty
+from fracture_al.sampling.uncertainty import image_entropy, image_uncertainty
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class TaskSignals:
     embedding: list[float] | None
     consistency: float | None = None  # CALD's consistency under TTA (lower = label first); None when TTA was off
     mask_uncertainty: float | None = None  # a segmenter's (sampling/uncertainty.mask_uncertainty)
+    fracture_probability: float | None = None  # the detector's, calibrated; None from scoring before it was kept
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +62,7 @@ MEASURED_SCORES = {
     "tta": ("instability", lambda value: value, "turn FRACTURE_AL_SCORE_WITH_TTA on and re-score"),
     "cald": ("consistency", lambda value: 1.0 - value, "turn FRACTURE_AL_SCORE_WITH_TTA on and re-score"),
     "mask": ("mask_uncertainty", lambda value: value, "a detector scored them: rank with a box uncertainty"),
+    "image_entropy": ("fracture_probability", image_entropy, "re-score them"),
 }
 # Every other uncertainty is one of the detector's box scores, aggregated over the X-ray.
 BOX_SCORES = ("box_scores", None, "a segmentation model scored them: rank with the 'mask' uncertainty")
@@ -70,8 +72,9 @@ def uncertainty_scores(
     signals: Sequence[TaskSignals], uncertainty: Uncertainty = "entropy", aggregation: Aggregation = "max"
 ) -> np.ndarray:
     """One acquisition score per task, higher = label first: a box-score uncertainty aggregated over
-    the X-ray, one measured under test-time augmentation (localisation instability, ``"tta"``, or
-    CALD's consistency, ``"cald"``), or a segmenter's mask uncertainty (``"mask"``). Raises
+    the X-ray, the entropy of the X-ray's fracture probability (``"image_entropy"``), one measured
+    under test-time augmentation (localisation instability, ``"tta"``, or CALD's consistency,
+    ``"cald"``), or a segmenter's mask uncertainty (``"mask"``). Raises
     ValueError when a task was scored without what ``uncertainty`` needs."""
     field, to_score, remedy = MEASURED_SCORES.get(uncertainty, BOX_SCORES)
     missing = [s.task_id for s in signals if getattr(s, field) is None]

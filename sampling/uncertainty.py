@@ -14,7 +14,6 @@ import numpy as np
 from pycocotools import mask as coco_mask
 from scipy.special import rel_entr
 
-from fracture_al.detection.image_score import fracture_probability
 from fracture_al.sampling.choices import Aggregation
 
 
@@ -67,19 +66,14 @@ BOX_UNCERTAINTY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def image_entropy(scores: np.ndarray) -> float:
-    """Binary entropy of the X-ray's fracture probability, the noisy-OR of its box scores
-    (:func:`detection.image_score.fracture_probability`): uncertainty about the call on the whole
-    X-ray rather than about its most doubtful box, so several faint candidates on one X-ray (the
-    fracture the model half sees) add up. Bag-level uncertainty of a multiple-instance model:
-    Settles, Craven & Ray, "Multiple-Instance Active Learning", NIPS 2008.
+def image_entropy(probability: float) -> float:
+    """Binary entropy of the X-ray's fracture probability (the calibrated noisy-OR of its box
+    scores, :attr:`detection.predictor.ImagePrediction.image_score`): uncertainty about the call on
+    the whole X-ray rather than about its most doubtful box, so several faint candidates on one
+    X-ray (the fracture the model half sees) add up. Bag-level uncertainty of a multiple-instance
+    model: Settles, Craven & Ray, "Multiple-Instance Active Learning", NIPS 2008.
     """
-    probability = fracture_probability(scores)
     return float(binary_entropy(np.array([probability]))[0]) if 0.0 < probability < 1.0 else 0.0
-
-
-# Measures of the whole X-ray from all its box scores at once (no aggregation).
-IMAGE_UNCERTAINTY: dict[str, Callable[[np.ndarray], float]] = {"image_entropy": image_entropy}
 
 
 def aggregate(values: np.ndarray, how: Aggregation) -> float:
@@ -91,13 +85,9 @@ def aggregate(values: np.ndarray, how: Aggregation) -> float:
 
 
 def image_uncertainty(scores: np.ndarray, method: str = "entropy", how: Aggregation = "max") -> float:
-    """One X-ray's score from its box scores: a box uncertainty aggregated by ``how``, or a measure
-    of the whole X-ray (:data:`IMAGE_UNCERTAINTY`, which ``how`` does not apply to)."""
-    if method in IMAGE_UNCERTAINTY:
-        return IMAGE_UNCERTAINTY[method](scores)
+    """One X-ray's score from its box scores: a box uncertainty aggregated by ``how``."""
     if method not in BOX_UNCERTAINTY:
-        known = ", ".join([*BOX_UNCERTAINTY, *IMAGE_UNCERTAINTY])
-        raise ValueError(f"unknown uncertainty {method!r}; choose one of {known}")
+        raise ValueError(f"unknown box uncertainty {method!r}; choose one of {', '.join(BOX_UNCERTAINTY)}")
     return aggregate(BOX_UNCERTAINTY[method](scores), how)
 
 

@@ -252,6 +252,34 @@ def test_boxes_are_shown_from_the_version_s_calibrated_threshold_unless_told_oth
     assert len(shown_scores(CONFIG, predict_score_threshold=1.0)) == every  # the label config's over both
 
 
+def test_the_task_score_is_the_fracture_probability_through_the_version_s_calibration(
+    home: Path, sample_dir: Path
+) -> None:
+    from fracture_al.detection.image_score import ProbabilityCalibration, fracture_probability
+
+    image = sorted((sample_dir / "images").glob("*.jpg"))[0].name
+    request = {"tasks": [{"id": 1, "data": {"image": image}}], "project": "1.1", "label_config": CONFIG}
+    metrics_file = home / "models" / "versions" / "v0001" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+
+    def served(calibration: dict[str, float] | None) -> dict:
+        validation = {**metrics["validation"], "probability_calibration": calibration}
+        metrics_file.write_text(json.dumps({**metrics, "validation": validation}))
+        client = client_for(home, local_image_root=sample_dir / "images")
+        client.post("/setup", json={"project": "1.1", "schema": CONFIG})
+        return client.post("/predict", json=request).json["results"][0]
+
+    uncalibrated = served(None)
+    boxes = [region["score"] for region in uncalibrated["result"]]  # threshold 0: every candidate box
+    assert boxes, "the fixture model keeps every candidate box: there should be some"
+    assert uncalibrated["score"] == pytest.approx(fracture_probability(boxes), abs=1e-3)
+    overconfident = ProbabilityCalibration(slope=0.5, intercept=-1.0)
+    calibrated = served(overconfident.to_dict())
+    assert calibrated["score"] == pytest.approx(overconfident(uncalibrated["score"]), abs=1e-3)
+    assert abs(calibrated["score"] - uncalibrated["score"]) > 1e-4  # it did change the score
+    assert [region["score"] for region in calibrated["result"]] == boxes  # boxes keep their own scores
+
+
 def test_a_new_version_is_served_without_restart(home: Path, file_server: FileServer) -> None:
     client = client_for(home)
     client.post("/setup", json={"project": "1.1", "schema": CONFIG, "hostname": url_of(file_server)})

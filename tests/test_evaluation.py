@@ -139,3 +139,43 @@ def test_auroc_ranks_by_all_boxes_while_a_box_is_shown_by_its_own_score(coco: Co
     intervals = metrics_with_intervals(coco, predictions, threshold=0.5, resamples=50)
     assert intervals["sensitivity"]["value"] == 0.0 and intervals["specificity"]["value"] == 0.5
     assert intervals["auroc"]["value"] == pytest.approx(1.0)
+
+
+def test_brier_calibration_error_and_call_accuracy_on_known_probabilities() -> None:
+    from fracture_al.detection.evaluation import brier_of, calibration_error_of, call_accuracy_of
+    from fracture_al.detection.image_score import ProbabilityCalibration
+
+    # Four X-rays, fracture probabilities 0.9, 0.6, 0.6, 0.1; the first two fractured.
+    images = [_matches(1, 1, [(0.9, True)]), _matches(2, 1, [(0.6, True)]), _matches(3, 0, [(0.6, False)]),
+              _matches(4, 0, [(0.1, False)])]  # fmt: skip
+    assert brier_of(images) == pytest.approx((0.1**2 + 0.4**2 + 0.6**2 + 0.1**2) / 4)
+    # Bins: 0.9 (right by 0.1), the two 0.6s (mean 0.6, half fractured: off by 0.1), 0.1 (off by 0.1).
+    assert calibration_error_of(images) == pytest.approx(0.1)
+    assert call_accuracy_of(images) == pytest.approx(0.75)  # the healthy X-ray at 0.6 is called fractured
+    # Pushed towards one half (slope 1/2), the 0.6s fall under 0.5 and the fractured one at 0.6 is missed.
+    shrunk = ProbabilityCalibration(slope=0.5, intercept=-0.3)
+    assert call_accuracy_of(images, shrunk) == pytest.approx(0.75)
+    assert shrunk(0.6) < 0.5 < shrunk(0.9)
+    assert brier_of([]) is None and calibration_error_of([]) is None and call_accuracy_of([]) is None
+
+
+def test_a_split_s_metrics_carry_the_calibration_fitted_to_it(tmp_path: Path) -> None:
+    from fracture_al.detection.image_score import ProbabilityCalibration
+
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in range(1, 7)]
+    fractured = {1, 2, 3}
+    coco_file = tmp_path / "val.json"
+    coco_file.write_text(json.dumps({
+        "images": images, "categories": [{"id": 1, "name": "fracture"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0}
+                        for i in sorted(fractured)],
+    }))  # fmt: skip
+    scores = {1: 0.95, 2: 0.9, 3: 0.3, 4: 0.8, 5: 0.2, 6: 0.1}  # overconfident: 0.8 on a healthy X-ray
+    predictions = [{"image_id": i, "boxes": [[10, 10, 30, 30]], "scores": [p], "labels": [1]}
+                   for i, p in scores.items()]  # fmt: skip
+    metrics = evaluate_predictions(CocoFile(coco_file), predictions)
+    truth = [i in fractured for i in scores]
+    assert metrics["probability_calibration"] == ProbabilityCalibration.fit(list(scores.values()), truth).to_dict()
+    assert metrics["probability_calibration"]["slope"] > 0
+    only_fractured = [p for p in predictions if p["image_id"] in fractured]
+    assert evaluate_predictions(CocoFile(coco_file), only_fractured)["probability_calibration"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def test_box_uncertainties_peak_at_one_half_and_vanish_at_certainty() -> None:
         assert values[1] == pytest.approx(values[3])  # symmetric in p and 1 - p
 
 
-@pytest.mark.parametrize("method", ["least_confidence", "entropy", "margin", "image_entropy"])
+@pytest.mark.parametrize("method", ["least_confidence", "entropy", "margin"])
 def test_mid_score_candidates_make_an_x_ray_uncertain(method: str) -> None:
     confident_fracture = np.array([0.97, 0.02])
     confident_negative = np.array([])  # no candidate box at all
@@ -43,20 +44,23 @@ def test_mid_score_candidates_make_an_x_ray_uncertain(method: str) -> None:
     assert image_uncertainty(confident_negative, method) == 0.0
 
 
-def test_image_entropy_is_the_entropy_of_the_x_rays_fracture_probability() -> None:
-    assert image_entropy(np.array([0.5])) == pytest.approx(1.0)
-    # Two boxes at 0.5: fracture probability 0.75, entropy -(0.75 log2 0.75 + 0.25 log2 0.25).
-    assert image_entropy(np.array([0.5, 0.5])) == pytest.approx(0.8112781, abs=1e-6)
-    assert image_entropy(np.array([])) == 0.0 and image_entropy(np.array([1.0, 0.3])) == 0.0
-    assert image_uncertainty(np.array([0.5, 0.5]), "image_entropy", "sum") == image_entropy(np.array([0.5, 0.5]))
+def test_image_entropy_is_the_binary_entropy_of_the_x_rays_fracture_probability() -> None:
+    assert image_entropy(0.5) == pytest.approx(1.0)
+    # -(0.75 log2 0.75 + 0.25 log2 0.25)
+    assert image_entropy(0.75) == pytest.approx(0.8112781, abs=1e-6)
+    assert image_entropy(0.25) == pytest.approx(image_entropy(0.75))
+    assert image_entropy(0.0) == 0.0 and image_entropy(1.0) == 0.0
 
 
 def test_image_entropy_adds_up_faint_candidates_that_box_entropy_sees_one_at_a_time() -> None:
+    from fracture_al.detection.image_score import fracture_probability
+
     faint = np.array([0.15, 0.15, 0.15, 0.15])  # fracture probability 1 - 0.85^4 = 0.478: a coin toss
     one_box = np.array([0.7])
     agreeing = np.array([0.6, 0.6, 0.6])  # 0.936: three boxes make the call confident
     assert image_uncertainty(one_box, "entropy") > image_uncertainty(faint, "entropy")
-    assert image_entropy(faint) > image_entropy(one_box) > image_entropy(agreeing)
+    assert (image_entropy(fracture_probability(faint)) > image_entropy(fracture_probability(one_box))
+            > image_entropy(fracture_probability(agreeing)))  # fmt: skip
     assert image_uncertainty(agreeing, "entropy") > image_uncertainty(one_box, "entropy")
 
 
@@ -65,7 +69,7 @@ def test_aggregations() -> None:
     assert image_uncertainty(scores, "margin", "max") == pytest.approx(1.0)
     assert image_uncertainty(scores, "margin", "sum") == pytest.approx(2.02)
     assert image_uncertainty(scores, "margin", "mean") == pytest.approx(2.02 / 3)
-    with pytest.raises(ValueError, match="unknown uncertainty"):
+    with pytest.raises(ValueError, match="unknown box uncertainty"):
         image_uncertainty(scores, "vibes")
 
 
@@ -265,11 +269,35 @@ def test_mask_uncertainty_on_built_maps() -> None:
 
 
 def test_queue_by_image_entropy_ranks_the_coin_toss_x_ray_first() -> None:
+    from fracture_al.detection.image_score import fracture_probability
     from fracture_al.sampling.queue import rank_tasks
 
-    signals = [_signals(1, [0.7]), _signals(2, [0.15] * 4), _signals(3, []), _signals(4, [0.6, 0.6, 0.6])]
+    boxes = {1: [0.7], 2: [0.15] * 4, 3: [], 4: [0.6, 0.6, 0.6]}
+    signals = [replace(_signals(task_id, scores), fracture_probability=fracture_probability(scores))
+               for task_id, scores in boxes.items()]  # fmt: skip
     queue = rank_tasks(signals, uncertainty="image_entropy", strategy="uncertainty")
     assert [e.task_id for e in queue] == [2, 1, 4, 3]
+
+
+def test_queue_by_image_entropy_ranks_by_the_calibrated_probability() -> None:
+    from fracture_al.detection.image_score import ProbabilityCalibration
+    from fracture_al.sampling.queue import rank_tasks
+
+    # An overconfident detector: what it calls 0.72 is a coin toss once calibrated (logit 0.944 x
+    # 0.6 - 0.566 = 0), so that X-ray, not the one it calls 0.5, comes first.
+    calibration = ProbabilityCalibration(slope=0.6, intercept=-0.566)
+    raw = {1: 0.5, 2: 0.72, 3: 0.95}
+    signals = [replace(_signals(task_id, [p]), fracture_probability=calibration(p)) for task_id, p in raw.items()]
+    assert [e.task_id for e in rank_tasks(signals, uncertainty="image_entropy", strategy="uncertainty")] == [2, 1, 3]
+    uncalibrated = [replace(s, fracture_probability=raw[s.task_id]) for s in signals]
+    assert rank_tasks(uncalibrated, uncertainty="image_entropy", strategy="uncertainty")[0].task_id == 1
+
+
+def test_image_entropy_asks_for_a_rescore_of_tasks_scored_without_a_probability() -> None:
+    from fracture_al.sampling.queue import rank_tasks
+
+    with pytest.raises(ValueError, match=r"image_entropy.*re-score"):
+        rank_tasks([_signals(1, [0.7])], uncertainty="image_entropy")
 
 
 def test_hard_negative_priority_puts_the_x_rays_where_the_model_fires_first() -> None:

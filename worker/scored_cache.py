@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 from redis import Redis
 
+from fracture_al.detection.image_score import ProbabilityCalibration
 from fracture_al.detection.predictor import ImagePrediction
 from fracture_al.worker.connection import REDIS_TROUBLE
 
@@ -29,6 +30,7 @@ def encode(prediction: ImagePrediction) -> str:
     return json.dumps({
         "width": prediction.width, "height": prediction.height, "boxes": prediction.boxes.tolist(),
         "scores": prediction.scores.tolist(), "class_names": prediction.class_names,
+        "calibration": prediction.calibration.to_dict(),
     })  # fmt: skip
 
 
@@ -40,6 +42,8 @@ def decode(text: bytes | str) -> ImagePrediction:
         boxes=np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4),
         scores=np.asarray(record["scores"], dtype=np.float32),
         class_names=list(record["class_names"]),
+        # Entries written before versions had a calibration have none: the identity.
+        calibration=ProbabilityCalibration.from_dict(record.get("calibration")),
     )
 
 
