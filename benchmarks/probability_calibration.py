@@ -34,7 +34,12 @@ from fracture_al.detection.evaluation import (
     call_accuracy_of,
     match_detections,
 )
-from fracture_al.detection.image_score import UNCALIBRATED, ProbabilityCalibration, fracture_probability
+from fracture_al.detection.image_score import (
+    MIN_CALIBRATION_XRAYS,
+    UNCALIBRATED,
+    ProbabilityCalibration,
+    fracture_probability,
+)
 from fracture_al.detection.model_files import load_model
 from fracture_al.detection.shipped_model import verified_weights
 from fracture_al.detection.training import TrainConfig, evaluate_split, load_splits
@@ -58,8 +63,9 @@ def matched(model_file: Path, data: Path) -> dict[str, list[ImageMatches]]:
 
 
 def fit(images: list[ImageMatches]) -> ProbabilityCalibration | None:
+    """The calibration these X-rays give, however few (what the product's minimum is chosen by)."""
     return ProbabilityCalibration.fit([fracture_probability(image.scores) for image in images],
-                                      [bool(image.boxes) for image in images])  # fmt: skip
+                                      [bool(image.boxes) for image in images], min_xrays=0)  # fmt: skip
 
 
 def subset(images: list[ImageMatches], size: int, min_fractures: int, rng: np.random.Generator) -> list[ImageMatches]:
@@ -126,6 +132,8 @@ def plot(result: dict[str, Any], out: Path) -> None:
                linestyle="none", color="C1", label="calibrated on all of val")  # fmt: skip
     right.axhline(result["by_validation_size"]["uncalibrated"]["Brier score"], color="C3", linestyle="--",
                   label="noisy-OR, uncalibrated")  # fmt: skip
+    right.axvline(MIN_CALIBRATION_XRAYS, color="grey", linewidth=0.8, linestyle=":",
+                  label="fewest X-rays fracture-al calibrates on")  # fmt: skip
     right.set(xlabel="validation X-rays the calibration was fitted on", ylabel="test Brier score (lower is better)",
               title="Small validation sets")  # fmt: skip
     right.legend(fontsize=8)

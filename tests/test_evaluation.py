@@ -160,22 +160,24 @@ def test_brier_calibration_error_and_call_accuracy_on_known_probabilities() -> N
 
 
 def test_a_split_s_metrics_carry_the_calibration_fitted_to_it(tmp_path: Path) -> None:
-    from fracture_al.detection.image_score import ProbabilityCalibration
+    from fracture_al.detection.image_score import MIN_CALIBRATION_XRAYS, ProbabilityCalibration
 
-    images = [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in range(1, 7)]
-    fractured = {1, 2, 3}
+    # Overconfident: of every six X-rays, a healthy one scores 0.8 and a fractured one 0.3.
+    pattern = [(0.95, True), (0.9, True), (0.3, True), (0.8, False), (0.2, False), (0.1, False)]
+    xrays = [pattern[i % len(pattern)] for i in range(MIN_CALIBRATION_XRAYS)]
     coco_file = tmp_path / "val.json"
     coco_file.write_text(json.dumps({
-        "images": images, "categories": [{"id": 1, "name": "fracture"}],
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in range(1, len(xrays) + 1)],
+        "categories": [{"id": 1, "name": "fracture"}],
         "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0}
-                        for i in sorted(fractured)],
+                        for i, (_, fractured) in enumerate(xrays, 1) if fractured],
     }))  # fmt: skip
-    scores = {1: 0.95, 2: 0.9, 3: 0.3, 4: 0.8, 5: 0.2, 6: 0.1}  # overconfident: 0.8 on a healthy X-ray
     predictions = [{"image_id": i, "boxes": [[10, 10, 30, 30]], "scores": [p], "labels": [1]}
-                   for i, p in scores.items()]  # fmt: skip
+                   for i, (p, _) in enumerate(xrays, 1)]  # fmt: skip
     metrics = evaluate_predictions(CocoFile(coco_file), predictions)
-    truth = [i in fractured for i in scores]
-    assert metrics["probability_calibration"] == ProbabilityCalibration.fit(list(scores.values()), truth).to_dict()
-    assert metrics["probability_calibration"]["slope"] > 0
-    only_fractured = [p for p in predictions if p["image_id"] in fractured]
+    expected = ProbabilityCalibration.fit([p for p, _ in xrays], [fractured for _, fractured in xrays])
+    assert expected is not None and metrics["probability_calibration"] == expected.to_dict()
+    assert 0 < metrics["probability_calibration"]["slope"] < 1  # overconfident: probabilities pulled in
+    assert evaluate_predictions(CocoFile(coco_file), predictions[:-1])["probability_calibration"] is None  # too few
+    only_fractured = [p for p, (_, fractured) in zip(predictions, xrays, strict=True) if fractured]
     assert evaluate_predictions(CocoFile(coco_file), only_fractured)["probability_calibration"] is None

@@ -62,14 +62,20 @@ def test_calibration_recovers_how_the_truth_was_drawn(slope: float, intercept: f
 def test_platt_s_smoothed_targets_keep_two_x_rays_from_fitting_a_step() -> None:
     # One fractured X-ray at 0.9, one healthy at 0.1: targets 2/3 and 1/3, which two parameters
     # meet exactly: slope ln 2 / ln 9, intercept 0. Hard targets would send the slope to infinity.
-    fitted = ProbabilityCalibration.fit([0.9, 0.1], [True, False])
+    fitted = ProbabilityCalibration.fit([0.9, 0.1], [True, False], min_xrays=2)
     assert fitted is not None
     assert fitted.slope == pytest.approx(np.log(2) / np.log(9), abs=1e-3)
     assert fitted.intercept == pytest.approx(0, abs=1e-3)
     assert fitted(0.9) == pytest.approx(2 / 3, abs=1e-3)
 
 
-def test_no_calibration_from_one_class_or_from_scores_that_rank_backwards() -> None:
+def test_no_calibration_from_too_few_x_rays_one_class_or_scores_that_rank_backwards() -> None:
+    from fracture_al.detection.image_score import MIN_CALIBRATION_XRAYS
+
+    p = np.linspace(0.05, 0.95, MIN_CALIBRATION_XRAYS)
+    fractured = p >= 0.5
+    assert ProbabilityCalibration.fit(p, fractured) is not None
+    assert ProbabilityCalibration.fit(p[:-1], fractured[:-1]) is None
     p, fractured = simulated(1.0, 0.0, size=200)
     assert ProbabilityCalibration.fit(p, np.ones_like(fractured)) is None
     assert ProbabilityCalibration.fit(p, np.zeros_like(fractured)) is None
