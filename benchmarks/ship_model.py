@@ -72,7 +72,7 @@ def served_metrics(weights: Path, data: Path) -> dict[str, Any]:
     test = splits["test"].coco
     calibration = ProbabilityCalibration.from_dict(validation["probability_calibration"])
     return {"threshold": threshold, "validation": validation,
-            "test": evaluate_predictions(test, predictions, image_threshold=threshold),
+            "test": evaluate_predictions(test, predictions, calibration=calibration),  # the call as served
             "test_intervals": metrics_with_intervals(test, predictions, threshold=threshold),
             "test_probability": probability_on_test(match_detections(test, predictions), calibration)}  # fmt: skip
 

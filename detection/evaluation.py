@@ -30,17 +30,25 @@ COCO_STAT_NAMES = {0: "mAP", 1: "mAP50", 2: "mAP75", 8: "AR100"}
 
 
 def evaluate_predictions(
-    coco: CocoFile, predictions: Sequence[dict[str, Any]], *, image_threshold: float = 0.5
-) -> dict[str, float | None]:
+    coco: CocoFile,
+    predictions: Sequence[dict[str, Any]],
+    *,
+    image_threshold: float = 0.5,
+    calibration: ProbabilityCalibration | None = None,
+) -> dict[str, Any]:
     """All metrics for ``predictions`` (one per image, as from ``engine.predict_batches``), and what
     a version evaluated on these X-rays (its validation set) serves with: the box-score threshold
     that should display its boxes (:func:`operating_threshold`) and the calibration of its fracture
-    probability (:func:`probability_calibration`)."""
+    probability (:func:`probability_calibration`). Given the version's ``calibration`` (fitted on
+    other X-rays, e.g. when these are its test set), the image-level call is made on the calibrated
+    probability, as served, and none is fitted here."""
+    fitted = probability_calibration(coco, predictions) if calibration is None else calibration.to_dict()
+    served = calibration or UNCALIBRATED
     return {
         **coco_detection_metrics(coco, predictions),
-        **image_level_metrics(coco, predictions, threshold=image_threshold),
+        **image_level_metrics(coco, predictions, threshold=image_threshold, calibration=served),
         "operating_threshold": operating_threshold(match_detections(coco, predictions)),
-        "probability_calibration": probability_calibration(coco, predictions),
+        "probability_calibration": fitted,
     }
 
 
@@ -115,14 +123,18 @@ def probability_calibration(coco: CocoFile, predictions: Sequence[dict[str, Any]
 
 
 def image_level_metrics(
-    coco: CocoFile, predictions: Sequence[dict[str, Any]], *, threshold: float = 0.5
+    coco: CocoFile,
+    predictions: Sequence[dict[str, Any]],
+    *,
+    threshold: float = 0.5,
+    calibration: ProbabilityCalibration = UNCALIBRATED,
 ) -> dict[str, float | None]:
     """Accuracy, sensitivity and specificity of calling an X-ray fractured when its fracture
-    probability reaches ``threshold``, and the AUROC of that probability."""
+    probability (through ``calibration``) reaches ``threshold``, and the AUROC of that probability."""
     has_fracture = {record.image_id: bool(record.boxes) for record in coco.images}
     scores = image_scores(predictions)
     truth = np.array([has_fracture[image_id] for image_id in scores])
-    score = np.array(list(scores.values()))
+    score = np.array([calibration(value) for value in scores.values()])
     flagged = score >= threshold
     positives, negatives = truth.sum(), (~truth).sum()
     return {

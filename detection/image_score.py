@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import expit, logit
-from sklearn.linear_model import LogisticRegression
 
 # Fewer validation X-rays than this fit no calibration (the version serves the noisy-OR as it is).
 # Fitted on random subsets of FracAtlas val, the shipped detector's calibration made test Brier
@@ -83,7 +82,16 @@ class ProbabilityCalibration:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> ProbabilityCalibration:
         """The stored calibration, or the identity where none was fitted."""
-        return cls(**values) if values else cls()
+        if not values:
+            return cls()
+        try:
+            slope, intercept = float(values["slope"]), float(values["intercept"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"malformed probability calibration {values!r}: needs numbers 'slope' and "
+                             f"'intercept'") from error  # fmt: skip
+        if not (np.isfinite(slope) and np.isfinite(intercept) and slope > 0):
+            raise ValueError(f"probability calibration {values!r} is not finite with a positive slope")
+        return cls(slope, intercept)
 
     @classmethod
     def fit(
@@ -99,6 +107,9 @@ class ProbabilityCalibration:
         positives, negatives = int(truth.sum()), int((~truth).sum())
         if len(truth) < min_xrays or not positives or not negatives:
             return None
+        # Imported here: the model store reads calibrations on every request, and only fitting needs it.
+        from sklearn.linear_model import LogisticRegression
+
         targets = np.where(truth, (positives + 1) / (positives + 2), 1 / (negatives + 2))
         # Soft targets as two weighted hard copies of each X-ray: the same log-loss Platt minimises.
         features = np.concatenate([logit(p), logit(p)])[:, None]

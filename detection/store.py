@@ -76,8 +76,13 @@ class ModelVersion:
     @property
     def probability_calibration(self) -> ProbabilityCalibration:
         """How the version's fracture probability is calibrated, as fitted on its validation X-rays
-        (detection.evaluation.probability_calibration); the identity where it had none to fit on."""
-        return ProbabilityCalibration.from_dict((self.metrics.get("validation") or {}).get("probability_calibration"))
+        (detection.evaluation.probability_calibration); the identity where it had none to fit on.
+        Raises ModelStoreError (not served: the backend answers 503) where the stored one is malformed."""
+        try:
+            return ProbabilityCalibration.from_dict(
+                (self.metrics.get("validation") or {}).get("probability_calibration"))
+        except ValueError as error:
+            raise ModelStoreError(f"model version {self.name}: {error}") from error
 
     @property
     def provenance(self) -> dict[str, Any]:

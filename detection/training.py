@@ -22,6 +22,7 @@ from fracture_al.detection.data import CocoDetection, CocoFile, collate, eval_tr
 from fracture_al.detection.devices import cpu_has_amx
 from fracture_al.detection.engine import LossLog, predict_batches, train_one_epoch
 from fracture_al.detection.evaluation import evaluate_predictions
+from fracture_al.detection.image_score import ProbabilityCalibration
 from fracture_al.detection.model import ModelConfig, build_model, load_pretrained
 from fracture_al.detection.model_files import to_device
 
@@ -373,11 +374,16 @@ def evaluate_split(
     *,
     flip_tta: bool = False,
     description: str = "evaluate",
+    calibration: ProbabilityCalibration | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics of ``model`` on ``split``, and the predictions they were computed from."""
+    """Metrics of ``model`` on ``split``, and the predictions they were computed from; with the
+    version's ``calibration`` when ``split`` is not the one it is fitted on
+    (:func:`evaluation.evaluate_predictions`)."""
     loader = make_loader(split.dataset(eval_transforms()), config, device, shuffle=False)
     predictions = predict_batches(model, loader, device, flip_tta=flip_tta, description=description)
-    return evaluate_predictions(split.coco, predictions, image_threshold=config.image_threshold), predictions
+    metrics = evaluate_predictions(split.coco, predictions, image_threshold=config.image_threshold,
+                                   calibration=calibration)  # fmt: skip
+    return metrics, predictions
 
 
 def save_checkpoint(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fracture_al.detection.image_score import ProbabilityCalibration
 from fracture_al.detection.images import load_image
 from fracture_al.detection.mask_predictor import MaskPredictor
 from fracture_al.detection.mask_training import MaskTrainingOutcome, evaluate_masks
@@ -67,6 +68,8 @@ def staged_outcome(
                 outcome.device,
                 flip_tta=outcome.model_config.flip_tta,
                 description="test",
+                # The call on test is the one served: through the calibration fitted on validation.
+                calibration=ProbabilityCalibration.from_dict(metrics["validation"].get("probability_calibration")),
             )
             metrics["test"] = test_metrics
             plot_prediction_grid(grid_samples(test_split, predictions), plots / "test_predictions.png")

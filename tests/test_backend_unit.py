@@ -279,6 +279,12 @@ def test_the_task_score_is_the_fracture_probability_through_the_version_s_calibr
     assert abs(calibrated["score"] - uncalibrated["score"]) > 1e-4  # it did change the score
     assert [region["score"] for region in calibrated["result"]] == boxes  # boxes keep their own scores
 
+    validation = {**metrics["validation"], "probability_calibration": {"slope": "steep", "intercept": 0}}
+    metrics_file.write_text(json.dumps({**metrics, "validation": validation}))
+    refused = client_for(home, local_image_root=sample_dir / "images").post("/predict", json=request)
+    assert refused.status_code == 503 and "probability calibration" in refused.json["error"]
+    metrics_file.write_text(json.dumps(metrics))
+
 
 def test_a_new_version_is_served_without_restart(home: Path, file_server: FileServer) -> None:
     client = client_for(home)

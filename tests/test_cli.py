@@ -115,6 +115,8 @@ def test_models_list_show_and_promote(trained_home: Path) -> None:
     assert listed[0]["version"] == "v0001" and listed[0]["current"]
     shown = run_cli(trained_home, "models", "show")
     assert "losses.png" in shown.stdout
+    # The fixture's few validation X-rays fit no calibration, and the version says so.
+    assert "fracture probability the noisy-OR of the box scores, uncalibrated" in " ".join(shown.stdout.split())
     missing = run_cli(trained_home, "models", "promote", "v0042")
     assert missing.returncode != 0 and "v0042" in missing.stderr and "v0001" in missing.stderr
 

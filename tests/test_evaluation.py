@@ -181,3 +181,10 @@ def test_a_split_s_metrics_carry_the_calibration_fitted_to_it(tmp_path: Path) ->
     assert evaluate_predictions(CocoFile(coco_file), predictions[:-1])["probability_calibration"] is None  # too few
     only_fractured = [p for p, (_, fractured) in zip(predictions, xrays, strict=True) if fractured]
     assert evaluate_predictions(CocoFile(coco_file), only_fractured)["probability_calibration"] is None
+    # Scored with a calibration fitted elsewhere (the version's, on its test set): the call is the
+    # served one, on the calibrated probability, and nothing is fitted here.
+    shifted = ProbabilityCalibration(slope=1.0, intercept=-1.5)  # 0.8 -> 0.47, 0.9 -> 0.67
+    raw, served = metrics, evaluate_predictions(CocoFile(coco_file), predictions, calibration=shifted)
+    assert raw["sensitivity"] == pytest.approx(2 / 3) and raw["specificity"] == pytest.approx(2 / 3)
+    assert served["sensitivity"] == pytest.approx(2 / 3) and served["specificity"] == pytest.approx(1.0)
+    assert served["auroc"] == pytest.approx(raw["auroc"]) and served["probability_calibration"] == shifted.to_dict()

@@ -88,6 +88,10 @@ def test_identity_and_the_stored_form() -> None:
     calibration = ProbabilityCalibration(0.6, -0.56)
     assert ProbabilityCalibration.from_dict(calibration.to_dict()) == calibration
     assert 0.0 < calibration(0.0) < calibration(1e-3)  # no boxes: the least likely, still a number
+    for malformed in ({"slope": "steep", "intercept": 0}, {"slope": 1.0}, {"slope": -1.0, "intercept": 0.0},
+                      {"slope": float("nan"), "intercept": 0.0}):  # fmt: skip
+        with pytest.raises(ValueError, match="calibration"):
+            ProbabilityCalibration.from_dict(malformed)
 
 
 @given(st.floats(0.01, 5.0), st.floats(-5.0, 5.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0))

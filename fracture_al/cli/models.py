@@ -426,9 +426,25 @@ def _print_version(version) -> None:
         if metrics.get(split):
             shown = {k: v for k, v in metrics[split].items() if k in _METRIC_KEYS}
             console.print(_metrics_table(split, shown))
+    if version.task == "detection":
+        console.print(_served_with(version))
     console.print(f"training: {metrics.get('train_images_per_second', 0):.2f} images/s")
     for plot in version.plots:
         console.print(f"plot: {plot}")
+
+
+def _served_with(version) -> str:
+    """The display threshold and probability calibration the version was fitted on its validation X-rays."""
+    from fracture_al.detection.image_score import MIN_CALIBRATION_XRAYS, UNCALIBRATED
+
+    threshold = version.operating_threshold
+    calibration = version.probability_calibration
+    shown = f"boxes shown from score {fmt(threshold)}" if threshold is not None else "no display threshold of its own"
+    if calibration == UNCALIBRATED:
+        return (f"served with: {shown}; fracture probability the noisy-OR of the box scores, uncalibrated "
+                f"(it needs {MIN_CALIBRATION_XRAYS} validation X-rays with fractured and healthy ones)")  # fmt: skip
+    return (f"served with: {shown}; fracture probability sigmoid({calibration.slope:.3f} x logit(noisy-OR) "
+            f"{calibration.intercept:+.3f}), calibrated on its validation X-rays")  # fmt: skip
 
 
 def _print_provenance(provenance: dict[str, Any]) -> None:
