@@ -12,6 +12,7 @@ import torch
 from torchvision.ops import box_iou
 
 from fracture_al.detection.data import CocoFile
+from fracture_al.detection.image_score import UNCALIBRATED, ProbabilityCalibration, fracture_probability
 from fracture_al.detection.images import load_image
 from fracture_al.detection.model_files import saved_model_config, version_model_config
 from fracture_al.detection.predictor import Predictor
@@ -45,6 +46,14 @@ def test_a_new_home_serves_the_verified_shipped_model_and_it_finds_a_fracture(tm
                 overlap = box_iou(torch.as_tensor(shown.boxes), torch.tensor(record.boxes, dtype=torch.float32))
                 found.append(bool((overlap >= 0.3).any()))
     assert any(found), "no fractured sample X-ray got a box overlapping its fracture"
+
+    # Its fracture probability is served through the calibration fitted on FracAtlas val.
+    calibration = version.probability_calibration
+    fitted_on_val = manifest()["metrics"]["validation"]["probability_calibration"]
+    assert calibration == ProbabilityCalibration.from_dict(fitted_on_val)
+    assert calibration != UNCALIBRATED and predictor.calibration == calibration
+    seen = predictor.predict([load_image(sample_dir / "images" / fractured[0].file_name)])[0]
+    assert seen.image_score == pytest.approx(calibration(fracture_probability(seen.scores)))
 
 
 def test_tampered_shipped_weights_are_refused(tmp_path: Path) -> None:
