@@ -78,6 +78,7 @@ ACQUISITIONS: dict[str, tuple[Uncertainty, Strategy] | None] = {
     "least_confidence": ("least_confidence", "uncertainty"),
     "margin": ("margin", "uncertainty"),
     "image_entropy": ("image_entropy", "uncertainty"),
+    "image_entropy_tta": ("image_entropy_tta", "uncertainty"),
     "tta": ("tta", "uncertainty"),
     "cald": ("cald", "uncertainty"),
     "hard_negative": ("hard_negative", "uncertainty"),

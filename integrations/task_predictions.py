@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from statistics import fmean
 from typing import Any, Protocol
 
 from PIL import Image
@@ -194,19 +195,22 @@ def measure_signals(
     batch_size: int = 8,
 ) -> list[TaskSignals]:
     """What the review queue ranks each image by: its candidate box scores, its fracture
-    probability, its backbone embedding and, ``with_tta``, its localisation instability and CALD
-    consistency (two more passes per image)."""
+    probability, its backbone embedding and, ``with_tta``, its localisation instability, CALD
+    consistency and fracture probability averaged over the views (two more passes per image)."""
     embeddings = predictor.embed(images, batch_size=batch_size)
     instabilities: list[float | None] = [None] * len(images)
     consistencies: list[float | None] = [None] * len(images)
+    averaged: list[float | None] = [None] * len(images)
     if with_tta:
         views = predictor.predict_augmented(images, batch_size=batch_size)
         pairs = [(p, [(v.boxes, v.scores) for v in augmented]) for p, augmented in zip(predictions, views, strict=True)]
         instabilities = [localization_instability(p.boxes, p.scores, augmented) for p, augmented in pairs]
         consistencies = [cald_consistency(p.boxes, p.scores, augmented) for p, augmented in pairs]
-    measured = zip(task_ids, predictions, instabilities, consistencies, embeddings, strict=True)
+        averaged = [fmean([p.image_score, *(v.image_score for v in augmented)])
+                    for p, augmented in zip(predictions, views, strict=True)]  # fmt: skip
+    measured = zip(task_ids, predictions, instabilities, consistencies, embeddings, averaged, strict=True)
     return [
         TaskSignals(task_id, [float(s) for s in prediction.scores], instability, vector.tolist(), consistency,
-                    fracture_probability=prediction.image_score)
-        for task_id, prediction, instability, consistency, vector in measured
+                    fracture_probability=prediction.image_score, fracture_probability_tta=mean_probability)
+        for task_id, prediction, instability, consistency, vector, mean_probability in measured
     ]

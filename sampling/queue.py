@@ -32,6 +32,8 @@ class TaskSignals:
     consistency: float | None = None  # CALD's consistency under TTA (lower = label first); None when TTA was off
     mask_uncertainty: float | None = None  # a segmenter's (sampling/uncertainty.mask_uncertainty)
     fracture_probability: float | None = None  # the detector's, calibrated; None from scoring before it was kept
+    # Its mean over the original and the TTA views (each calibrated); None when TTA was off.
+    fracture_probability_tta: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +65,10 @@ MEASURED_SCORES = {
     "cald": ("consistency", lambda value: 1.0 - value, "turn FRACTURE_AL_SCORE_WITH_TTA on and re-score"),
     "mask": ("mask_uncertainty", lambda value: value, "a detector scored them: rank with a box uncertainty"),
     "image_entropy": ("fracture_probability", image_entropy, "re-score them"),
+    # The entropy of the mean prediction over stochastic passes (Gal, Islam & Ghahramani, "Deep
+    # Bayesian Active Learning with Image Data", ICML 2017, max entropy), the passes being test-time
+    # augmentations (Ayhan & Berens, MIDL 2018): views that disagree pull the mean towards one half.
+    "image_entropy_tta": ("fracture_probability_tta", image_entropy, "turn FRACTURE_AL_SCORE_WITH_TTA on and re-score"),
 }
 # Every other uncertainty is one of the detector's box scores, aggregated over the X-ray.
 BOX_SCORES = ("box_scores", None, "a segmentation model scored them: rank with the 'mask' uncertainty")
@@ -72,7 +78,8 @@ def uncertainty_scores(
     signals: Sequence[TaskSignals], uncertainty: Uncertainty = "entropy", aggregation: Aggregation = "max"
 ) -> np.ndarray:
     """One acquisition score per task, higher = label first: a box-score uncertainty aggregated over
-    the X-ray, the entropy of the X-ray's fracture probability (``"image_entropy"``), one measured
+    the X-ray, the entropy of the X-ray's fracture probability (``"image_entropy"``; of its mean over
+    test-time augmentations, ``"image_entropy_tta"``), one measured
     under test-time augmentation (localisation instability, ``"tta"``, or CALD's consistency,
     ``"cald"``), or a segmenter's mask uncertainty (``"mask"``). Raises
     ValueError when a task was scored without what ``uncertainty`` needs."""
