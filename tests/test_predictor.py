@@ -84,3 +84,20 @@ def test_embeddings_put_a_near_copy_closer_than_another_x_ray(predictor: Predict
     vectors = predictor.embed([first, copy, other])
     assert vectors.shape == (3, predictor.model.backbone.out_channels)
     assert np.linalg.norm(vectors[0] - vectors[1]) < np.linalg.norm(vectors[0] - vectors[2])
+
+
+def test_queue_signals_carry_the_fracture_probability_and_its_mean_over_the_tta_views(
+    predictor: Predictor, sample_dir: Path
+) -> None:
+    from fracture_al.integrations.task_predictions import measure_signals
+
+    images = [sample(sample_dir, index) for index in (0, 1)]
+    found = predictor.predict(images)
+    with_tta = measure_signals([10, 11], predictor, images, found, with_tta=True)
+    views = predictor.predict_augmented(images)
+    for signals, prediction, augmented in zip(with_tta, found, views, strict=True):
+        assert signals.fracture_probability == prediction.image_score
+        three = [prediction.image_score, *(view.image_score for view in augmented)]
+        assert signals.fracture_probability_tta == pytest.approx(sum(three) / 3, abs=1e-6)
+    without = measure_signals([10, 11], predictor, images, found, with_tta=False)
+    assert [s.fracture_probability_tta for s in without] == [None, None]

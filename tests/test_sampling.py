@@ -293,6 +293,19 @@ def test_queue_by_image_entropy_ranks_by_the_calibrated_probability() -> None:
     assert rank_tasks(uncalibrated, uncertainty="image_entropy", strategy="uncertainty")[0].task_id == 1
 
 
+def test_image_entropy_tta_puts_the_x_ray_whose_views_disagree_first() -> None:
+    from fracture_al.sampling.queue import rank_tasks
+
+    # Task 1: 0.9 on the original view, 0.1 and 0.2 on the flipped and rescaled ones (mean 0.4);
+    # task 2: 0.6 on every view. By the original view alone task 2 is the closer call.
+    signals = [replace(_signals(1, [0.9]), fracture_probability=0.9, fracture_probability_tta=0.4),
+               replace(_signals(2, [0.6]), fracture_probability=0.6, fracture_probability_tta=0.6)]  # fmt: skip
+    assert [e.task_id for e in rank_tasks(signals, uncertainty="image_entropy", strategy="uncertainty")] == [2, 1]
+    assert [e.task_id for e in rank_tasks(signals, uncertainty="image_entropy_tta", strategy="uncertainty")] == [1, 2]
+    with pytest.raises(ValueError, match="FRACTURE_AL_SCORE_WITH_TTA"):
+        rank_tasks([replace(s, fracture_probability_tta=None) for s in signals], uncertainty="image_entropy_tta")
+
+
 def test_image_entropy_asks_for_a_rescore_of_tasks_scored_without_a_probability() -> None:
     from fracture_al.sampling.queue import rank_tasks
 
