@@ -195,7 +195,7 @@ def _epoch_line(summary: dict[str, Any]) -> str:
     type=float,
     default=0.5,
     show_default=True,
-    help="Image score that counts as 'fracture present'.",
+    help="Fracture probability (the version's, calibrated as served) that counts as 'fracture present'.",
 )
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -219,9 +219,9 @@ def evaluate(
     verify_version(version)
     model, config = load_model(version.weights_path, device)
     if version.task == "detection":
-        metrics, _ = evaluate_split(
-            model, chosen, TrainConfig(image_threshold=image_threshold), device, flip_tta=config.flip_tta
-        )
+        # The version's own calibration, so the call is the one served and nothing is fitted on this split.
+        metrics, _ = evaluate_split(model, chosen, TrainConfig(image_threshold=image_threshold), device,
+                                    flip_tta=config.flip_tta, calibration=version.probability_calibration)  # fmt: skip
     else:
         from fracture_al.detection.mask_training import MaskTrainConfig, evaluate_masks
 
