@@ -84,8 +84,9 @@ def chosen_against_best_box(coco: CocoFile, predictions: list[dict[str, Any]]) -
     }
 
 
-def shipped_predictions(data: Path) -> dict[str, tuple[CocoFile, list[dict[str, Any]]]]:
-    model, config = load_model(verified_weights())
+def split_predictions(model_file: Path, data: Path) -> dict[str, tuple[CocoFile, list[dict[str, Any]]]]:
+    """A saved detector's predictions on FracAtlas val and test, with each split's COCO file."""
+    model, config = load_model(model_file)
     splits = load_splits(data, class_names=config.class_names)
     device = torch.device("cpu")
     return {name: (splits[name].coco, evaluate_split(model, splits[name], TrainConfig(), device,
@@ -140,7 +141,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/image_score_rules.json"))
     args = parser.parse_args()
 
-    shipped = shipped_predictions(args.data)
+    shipped = split_predictions(verified_weights(), args.data)
     test_coco = shipped["test"][0]
     models = {"shipped detector": chosen_against_best_box(*shipped["test"])}
     models.update({path: chosen_against_best_box(test_coco, rows) for path, rows in kept_test_predictions().items()})

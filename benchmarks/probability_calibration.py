@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from benchmarks.image_score_rules import split_predictions
 from benchmarks.ship_model import probability_on_test
 from fracture_al.detection.evaluation import (
     ImageMatches,
@@ -40,9 +40,7 @@ from fracture_al.detection.image_score import (
     ProbabilityCalibration,
     fracture_probability,
 )
-from fracture_al.detection.model_files import load_model
 from fracture_al.detection.shipped_model import verified_weights
-from fracture_al.detection.training import TrainConfig, evaluate_split, load_splits
 from fracture_al.settings import Settings
 
 SIZES = (20, 40, 60, 80)
@@ -54,12 +52,8 @@ HIGHER_IS_BETTER = {"accuracy of the call at one half"}
 
 
 def matched(model_file: Path, data: Path) -> dict[str, list[ImageMatches]]:
-    model, config = load_model(model_file)
-    splits = load_splits(data, class_names=config.class_names)
-    return {name: match_detections(splits[name].coco,
-                                   evaluate_split(model, splits[name], TrainConfig(), torch.device("cpu"),
-                                                  flip_tta=config.flip_tta, description=name)[1])
-            for name in ("val", "test")}  # fmt: skip
+    return {name: match_detections(coco, predictions)
+            for name, (coco, predictions) in split_predictions(model_file, data).items()}  # fmt: skip
 
 
 def fit(images: list[ImageMatches]) -> ProbabilityCalibration | None:

@@ -108,17 +108,20 @@ def _coco_api(content: dict[str, Any]) -> COCO:
     return api
 
 
-def image_scores(predictions: Sequence[dict[str, Any]]) -> dict[int, float]:
-    """Each image's fracture probability (:func:`fracture_probability` of its box scores)."""
-    return {prediction["image_id"]: fracture_probability(prediction["scores"]) for prediction in predictions}
+def fracture_probabilities_and_truth(
+    coco: CocoFile, predictions: Sequence[dict[str, Any]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each predicted image's fracture probability (:func:`fracture_probability` of its box
+    scores) and whether it has a fracture, in prediction order."""
+    has_fracture = {record.image_id: bool(record.boxes) for record in coco.images}
+    probability = np.array([fracture_probability(prediction["scores"]) for prediction in predictions])
+    return probability, np.array([has_fracture[prediction["image_id"]] for prediction in predictions], dtype=bool)
 
 
 def probability_calibration(coco: CocoFile, predictions: Sequence[dict[str, Any]]) -> dict[str, float] | None:
     """The :class:`ProbabilityCalibration` fitted to these X-rays' fracture probabilities and truth,
     as stored with a version's metrics; None where it cannot be fitted."""
-    has_fracture = {record.image_id: bool(record.boxes) for record in coco.images}
-    scores = image_scores(predictions)
-    fitted = ProbabilityCalibration.fit(list(scores.values()), [has_fracture[image_id] for image_id in scores])
+    fitted = ProbabilityCalibration.fit(*fracture_probabilities_and_truth(coco, predictions))
     return fitted.to_dict() if fitted else None
 
 
@@ -131,10 +134,8 @@ def image_level_metrics(
 ) -> dict[str, float | None]:
     """Accuracy, sensitivity and specificity of calling an X-ray fractured when its fracture
     probability (through ``calibration``) reaches ``threshold``, and the AUROC of that probability."""
-    has_fracture = {record.image_id: bool(record.boxes) for record in coco.images}
-    scores = image_scores(predictions)
-    truth = np.array([has_fracture[image_id] for image_id in scores])
-    score = np.array([calibration(value) for value in scores.values()])
+    probability, truth = fracture_probabilities_and_truth(coco, predictions)
+    score = np.array([calibration(value) for value in probability])
     flagged = score >= threshold
     positives, negatives = truth.sum(), (~truth).sum()
     return {

@@ -29,9 +29,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fracture_al.detection.image_score import ProbabilityCalibration
+if TYPE_CHECKING:
+    from fracture_al.detection.image_score import ProbabilityCalibration
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
 MODEL_FILE = "model.pt"
@@ -78,6 +79,9 @@ class ModelVersion:
         """How the version's fracture probability is calibrated, as fitted on its validation X-rays
         (detection.evaluation.probability_calibration); the identity where it had none to fit on.
         Raises ModelStoreError (not served: the backend answers 503) where the stored one is malformed."""
+        # Imported here: listing or pointing at versions needs no numpy or scipy.
+        from fracture_al.detection.image_score import ProbabilityCalibration
+
         try:
             return ProbabilityCalibration.from_dict(
                 (self.metrics.get("validation") or {}).get("probability_calibration"))
