@@ -95,9 +95,13 @@ def test_queue_signals_carry_the_fracture_probability_and_its_mean_over_the_tta_
     found = predictor.predict(images)
     with_tta = measure_signals([10, 11], predictor, images, found, with_tta=True)
     views = predictor.predict_augmented(images)
+    differing = 0
     for signals, prediction, augmented in zip(with_tta, found, views, strict=True):
         assert signals.fracture_probability == prediction.image_score
         three = [prediction.image_score, *(view.image_score for view in augmented)]
-        assert signals.fracture_probability_tta == pytest.approx(sum(three) / 3, abs=1e-6)
+        # Relative: the fixture model's probabilities are tiny, so an absolute tolerance would pass anything.
+        assert signals.fracture_probability_tta == pytest.approx(sum(three) / 3, rel=1e-9, abs=0)
+        differing += signals.fracture_probability_tta != pytest.approx(prediction.image_score, rel=1e-3, abs=0)
+    assert differing, "the views agree to 0.1% on every X-ray: the mean would not be told from the original"
     without = measure_signals([10, 11], predictor, images, found, with_tta=False)
     assert [s.fracture_probability_tta for s in without] == [None, None]
